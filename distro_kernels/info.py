@@ -1,0 +1,27 @@
+"""``distro_kernels.info()``: what is installed, what runs, and why anything does not."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from . import backends
+from ._ext import cpu_ext
+from ._version import __version__
+
+
+def info() -> dict:
+    """Version, available backends (and why others are not), CPU features, thread count."""
+    cpu_features = cpu_ext.cpu_features() if cpu_ext is not None else {}
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "backends": backends.available(),
+        "unavailable": dict(backends.unavailable),
+        "cpu_features": cpu_features,
+        "cpu_kernel": cpu_ext.kernel_variant() if cpu_ext is not None else None,
+        "threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+    }

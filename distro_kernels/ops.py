@@ -1,0 +1,270 @@
+"""The public ops: one ``torch.library`` custom op per kernel in the ``distro_kernels`` namespace.
+
+Each op has a fake (meta) implementation so it traces under ``torch.compile``; its body picks
+the backend for the tensors' device (``backends.resolve``). The plain functions at the bottom
+are the public API: they validate arguments once, then call the op.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import backends
+from .chunking import ChunkPlan, chunk_plan
+from .validation import (
+    check_chunk_k,
+    check_float,
+    check_shape_matches,
+    check_sparse_lists,
+)
+
+_NS = "distro_kernels"
+
+
+def _plan(shape: Sequence[int], chunk: int, policy: str = "divisor") -> ChunkPlan:
+    return chunk_plan(shape, chunk, policy)
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op(f"{_NS}::dct", mutates_args=())
+def _dct_op(x: Tensor, chunk: int, policy: str, backend: str) -> Tensor:
+    plan = _plan(x.shape, chunk, policy)
+    return backends.resolve(backend, x.device).dct(x.contiguous(), plan)
+
+
+@_dct_op.register_fake
+def _(x, chunk, policy, backend):
+    plan = _plan(x.shape, chunk, policy)
+    return x.new_empty((plan.n_chunks, plan.elements_per_chunk), dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_NS}::idct", mutates_args=())
+def _idct_op(coeffs: Tensor, shape: list[int], chunk: int, policy: str, backend: str) -> Tensor:
+    plan = _plan(shape, chunk, policy)
+    return backends.resolve(backend, coeffs.device).idct(coeffs.contiguous(), plan)
+
+
+@_idct_op.register_fake
+def _(coeffs, shape, chunk, policy, backend):
+    return coeffs.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_NS}::compress", mutates_args=())
+def _compress_op(x: Tensor, k: int, chunk: int, policy: str, backend: str) -> tuple[Tensor, Tensor]:
+    plan = _plan(x.shape, chunk, policy)
+    return backends.resolve(backend, x.device).compress(x.contiguous(), plan, k)
+
+
+@_compress_op.register_fake
+def _(x, k, chunk, policy, backend):
+    plan = _plan(x.shape, chunk, policy)
+    shape = (plan.n_chunks, plan.k_eff(k))
+    return x.new_empty(shape, dtype=torch.int32), x.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_NS}::demo_step_", mutates_args=("delta",))
+def _demo_step_op(
+    delta: Tensor, grad: Tensor, beta: float, lr: float, k: int, chunk: int, backend: str
+) -> tuple[Tensor, Tensor]:
+    plan = _plan(delta.shape, chunk)
+    module = backends.resolve(backend, delta.device)
+    return module.demo_step_(delta, grad.contiguous(), plan, beta, lr, k)
+
+
+@_demo_step_op.register_fake
+def _(delta, grad, beta, lr, k, chunk, backend):
+    plan = _plan(delta.shape, chunk)
+    shape = (plan.n_chunks, plan.k_eff(k))
+    return delta.new_empty(shape, dtype=torch.int32), delta.new_empty(shape)
+
+
+@torch.library.custom_op(f"{_NS}::demo_step_many_", mutates_args=("deltas",))
+def _demo_step_many_op(
+    deltas: list[Tensor], grads: list[Tensor], beta: float, lr: float, k: int, chunk: int,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    plans = [_plan(d.shape, chunk) for d in deltas]
+    module = backends.resolve(backend, deltas[0].device)
+    return module.demo_step_many_(deltas, [g.contiguous() for g in grads], plans, beta, lr, k)
+
+
+@_demo_step_many_op.register_fake
+def _(deltas, grads, beta, lr, k, chunk, backend):
+    total = sum(_plan(d.shape, chunk).n_chunks * _plan(d.shape, chunk).k_eff(k) for d in deltas)
+    return deltas[0].new_empty(total, dtype=torch.int32), deltas[0].new_empty(total)
+
+
+@torch.library.custom_op(f"{_NS}::decompress", mutates_args=())
+def _decompress_op(
+    indices_list: list[Tensor], values_list: list[Tensor], shape: list[int], chunk: int,
+    reduce: str, value_codec: str, sign: bool, policy: str, backend: str,
+) -> Tensor:
+    plan = _plan(shape, chunk, policy)
+    device = indices_list[0].device if indices_list else torch.device("cpu")
+    module = backends.resolve(backend, device)
+    return module.decompress(
+        [i.contiguous() for i in indices_list], [v.contiguous() for v in values_list],
+        plan, reduce, value_codec, sign,
+    )
+
+
+@_decompress_op.register_fake
+def _(indices_list, values_list, shape, chunk, reduce, value_codec, sign, policy, backend):
+    if indices_list:
+        return indices_list[0].new_empty(shape, dtype=torch.float32)
+    return torch.empty(shape, dtype=torch.float32, device="meta")
+
+
+@torch.library.custom_op(f"{_NS}::pack_signs", mutates_args=())
+def _pack_signs_op(values: Tensor, backend: str) -> Tensor:
+    return backends.resolve(backend, values.device).pack_signs(values.contiguous())
+
+
+@_pack_signs_op.register_fake
+def _(values, backend):
+    return values.new_empty(((values.numel() + 7) // 8,), dtype=torch.uint8)
+
+
+@torch.library.custom_op(f"{_NS}::unpack_signs", mutates_args=())
+def _unpack_signs_op(packed: Tensor, n: int, backend: str) -> Tensor:
+    return backends.resolve(backend, packed.device).unpack_signs(packed.contiguous(), n)
+
+
+@_unpack_signs_op.register_fake
+def _(packed, n, backend):
+    return packed.new_empty((n,), dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def dct(x: Tensor, chunk: int = 64, *, policy: str = "divisor", backend: str = "auto") -> Tensor:
+    """Chunked orthonormal DCT-II of ``x`` -> float32 ``(n_chunks, E)`` in SPEC chunk order."""
+    check_float("x", x)
+    check_chunk_k(chunk)
+    return _dct_op(x, chunk, policy, backend)
+
+
+def idct(
+    coeffs: Tensor, shape: Sequence[int], chunk: int = 64, *, policy: str = "divisor",
+    backend: str = "auto",
+) -> Tensor:
+    """Inverse of :func:`dct` with SPEC 4.3's canonical folds (bit-identical on every backend)."""
+    check_float("coeffs", coeffs)
+    check_chunk_k(chunk)
+    plan = _plan(shape, chunk, policy)
+    check_shape_matches("coeffs", coeffs, (plan.n_chunks, plan.elements_per_chunk))
+    return _idct_op(coeffs, list(plan.shape), chunk, policy, backend)
+
+
+def compress(
+    x: Tensor, k: int = 32, chunk: int = 64, *, policy: str = "divisor", backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """DCT + per-chunk top-``k`` by ``|X|`` (ties: smaller index) -> ``(indices, values)``.
+
+    ``indices``: int32 ``(n_chunks, k_eff)``, ascending per chunk; ``values``: float32.
+    """
+    check_float("x", x)
+    check_chunk_k(chunk, k)
+    return _compress_op(x, k, chunk, policy, backend)
+
+
+def decompress(
+    indices_list: Sequence[Tensor], values_list: Sequence[Tensor], shape: Sequence[int],
+    chunk: int = 64, *, reduce: str = "mean", value_codec: str = "f32", sign: bool = False,
+    policy: str = "divisor", backend: str = "auto",
+) -> Tensor:
+    """SPEC section 4: aggregate P peers (list order) and run the canonical inverse DCT.
+
+    Bit-identical on every backend. ``value_codec="sign"`` takes each peer's values as the
+    uint8 output of :func:`pack_signs`. ``sign=True`` returns ``sign(y)`` (DeMo's update).
+    """
+    check_chunk_k(chunk)
+    plan = _plan(shape, chunk, policy)
+    check_sparse_lists(indices_list, values_list, plan, value_codec, reduce)
+    return _decompress_op(
+        list(indices_list), list(values_list), list(plan.shape), chunk, reduce, value_codec,
+        sign, policy, backend,
+    )
+
+
+def pack_signs(values: Tensor, *, backend: str = "auto") -> Tensor:
+    """1 bit per value (bit = signbit), LSB-first, flattened row-major -> uint8."""
+    check_float("values", values)
+    return _pack_signs_op(values, backend)
+
+
+def unpack_signs(packed: Tensor, n: int, *, backend: str = "auto") -> Tensor:
+    """``n`` float32 values of +1/-1 from :func:`pack_signs` bytes."""
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed must be uint8, got {packed.dtype}")
+    if not 0 <= n <= packed.numel() * 8:
+        raise ValueError(f"n={n} does not fit in {packed.numel()} bytes")
+    return _unpack_signs_op(packed.reshape(-1), n, backend)
+
+
+def _check_state(delta: Tensor, grad: Tensor, chunk: int, k: int) -> None:
+    if not isinstance(delta, torch.Tensor) or delta.dtype != torch.float32:
+        raise TypeError("delta (the momentum state) must be a float32 tensor")
+    if not delta.is_contiguous():
+        raise ValueError("delta must be contiguous (it is updated in place)")
+    check_float("grad", grad)
+    if tuple(grad.shape) != tuple(delta.shape):
+        raise ValueError(f"grad shape {tuple(grad.shape)} != delta shape {tuple(delta.shape)}")
+    if grad.device != delta.device:
+        raise ValueError("grad and delta are on different devices")
+    check_chunk_k(chunk, k)
+
+
+def demo_step_(
+    delta: Tensor, grad: Tensor, beta: float = 0.999, lr: float = 1.0, k: int = 32,
+    chunk: int = 64, *, backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Fused DeMo encode (SPEC 3), in place on ``delta``: momentum, DCT, top-k, error feedback."""
+    _check_state(delta, grad, chunk, k)
+    return _demo_step_op(delta, grad, float(beta), float(lr), k, chunk, backend)
+
+
+def demo_step_many_(
+    deltas: Sequence[Tensor], grads: Sequence[Tensor], beta: float = 0.999, lr: float = 1.0,
+    k: int = 32, chunk: int = 64, *, backend: str = "auto",
+) -> tuple[list[Tensor], list[Tensor]]:
+    """:func:`demo_step_` over a whole model in one call (one dispatch, one parallel region).
+
+    Returns per-tensor ``(indices, values)`` lists; they are views of two flat buffers, laid
+    out tensor after tensor, which :func:`flat_payload` returns directly.
+    """
+    flat_indices, flat_values = _demo_step_many_flat(deltas, grads, beta, lr, k, chunk, backend)
+    return split_flat(flat_indices, flat_values, [d.shape for d in deltas], k, chunk)
+
+
+def _demo_step_many_flat(deltas, grads, beta, lr, k, chunk, backend):
+    if len(deltas) != len(grads) or not deltas:
+        raise ValueError("deltas and grads must be non-empty lists of equal length")
+    devices = {d.device for d in deltas}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors must be on one device, got {devices}")
+    for delta, grad in zip(deltas, grads):
+        _check_state(delta, grad, chunk, k)
+    return _demo_step_many_op(list(deltas), list(grads), float(beta), float(lr), k, chunk, backend)
+
+
+def split_flat(
+    flat_indices: Tensor, flat_values: Tensor, shapes: Sequence[Sequence[int]], k: int, chunk: int
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per-tensor ``(n_chunks, k_eff)`` views of flat buffers laid out tensor after tensor."""
+    indices_out, values_out, offset = [], [], 0
+    for shape in shapes:
+        plan = _plan(shape, chunk)
+        rows, width = plan.n_chunks, plan.k_eff(k)
+        indices_out.append(flat_indices[offset : offset + rows * width].view(rows, width))
+        values_out.append(flat_values[offset : offset + rows * width].view(rows, width))
+        offset += rows * width
+    if offset != flat_indices.numel():
+        raise ValueError(f"flat buffers hold {flat_indices.numel()} entries, shapes need {offset}")
+    return indices_out, values_out
