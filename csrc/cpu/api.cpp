@@ -1,0 +1,129 @@
+// The C ABI (distro_kernels.h): argument checks, then the kernel set for this CPU.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../include/distro_kernels.h"
+#include "basis.h"
+#include "geometry.h"
+#include "kernels.h"
+#include "validate.h"
+
+namespace {
+
+bool cpu_has_avx2() {
+#if defined(DK_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+#if defined(DK_HAVE_AVX2_KERNELS)
+#define DK_DISPATCH(fn, ...) (cpu_has_avx2() ? dk::avx2::fn(__VA_ARGS__) : dk::generic::fn(__VA_ARGS__))
+#else
+#define DK_DISPATCH(fn, ...) dk::generic::fn(__VA_ARGS__)
+#endif
+
+int threads_or_default(int32_t threads) { return threads > 0 ? threads : 1; }
+bool dtype_ok(int32_t dtype) { return dtype == DK_F32 || dtype == DK_BF16 || dtype == DK_F16; }
+
+}  // namespace
+
+extern "C" {
+
+int dk_canonical_basis(int32_t c, float* out) {
+  if (c < 1 || c > DK_MAX_CHUNK || !out) return DK_ERR_ARGUMENT;
+  dk::canonical_basis(c, out);
+  return DK_OK;
+}
+
+int dk_dct(const void* x, int32_t dtype, const dk_geometry* g, float* coeffs, int32_t threads) {
+  if (!x || !coeffs || !dtype_ok(dtype) || !dk::geometry_ok(g)) return DK_ERR_ARGUMENT;
+  return DK_DISPATCH(dct, x, dtype, *g, coeffs, threads_or_default(threads));
+}
+
+int dk_idct(const float* coeffs, const dk_geometry* g, float* x, int32_t threads) {
+  if (!x || !coeffs || !dk::geometry_ok(g)) return DK_ERR_ARGUMENT;
+  return DK_DISPATCH(idct, coeffs, *g, x, threads_or_default(threads));
+}
+
+int dk_compress(const void* x, int32_t dtype, const dk_geometry* g, int32_t k_eff,
+                int32_t* indices, float* values, int32_t threads) {
+  if (!x || !indices || !values || !dtype_ok(dtype) || !dk::geometry_ok(g)) return DK_ERR_ARGUMENT;
+  if (k_eff < 1 || k_eff > g->cm * g->cn) return DK_ERR_ARGUMENT;
+  return DK_DISPATCH(compress, x, dtype, *g, k_eff, indices, values, threads_or_default(threads));
+}
+
+int dk_demo_step(int32_t n_tensors, float* const* deltas, const void* const* grads,
+                 const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,
+                 int32_t k, int32_t* indices, float* values, int32_t threads) {
+  if (n_tensors < 1 || !deltas || !grads || !grad_dtypes || !geoms || !indices || !values || k < 1)
+    return DK_ERR_ARGUMENT;
+  for (int t = 0; t < n_tensors; ++t)
+    if (!deltas[t] || !grads[t] || !dtype_ok(grad_dtypes[t]) || !dk::geometry_ok(&geoms[t]))
+      return DK_ERR_ARGUMENT;
+  return DK_DISPATCH(demo_step, n_tensors, deltas, grads, grad_dtypes, geoms, beta, lr, k, indices,
+                     values, threads_or_default(threads));
+}
+
+int dk_decompress(int32_t n_peers, const int32_t* const* indices, const void* const* values,
+                  int32_t value_codec, const dk_geometry* g, int32_t k_eff, int32_t reduce,
+                  int32_t apply_sign, float* out, int32_t threads, int32_t* bad_peer) {
+  if (n_peers < 0 || !out || !dk::geometry_ok(g) || (n_peers && (!indices || !values)))
+    return DK_ERR_ARGUMENT;
+  if (value_codec != DK_VALUES_F32 && value_codec != DK_VALUES_SIGN) return DK_ERR_ARGUMENT;
+  if (reduce != DK_REDUCE_MEAN && reduce != DK_REDUCE_SUM_OVER_PEERS) return DK_ERR_ARGUMENT;
+  const int E = g->cm * g->cn;
+  if (n_peers && (k_eff < 1 || k_eff > E)) return DK_ERR_ARGUMENT;
+  const int nt = threads_or_default(threads);
+  for (int p = 0; p < n_peers; ++p) {
+    if (!indices[p] || !values[p]) return DK_ERR_ARGUMENT;
+    const float* f32_values = value_codec == DK_VALUES_F32 ? static_cast<const float*>(values[p]) : nullptr;
+    const int status = dk::validate_peer(indices[p], f32_values, dk::n_chunks(*g), k_eff, E, nt);
+    if (status != DK_OK) {
+      if (bad_peer) *bad_peer = p;
+      return status;
+    }
+  }
+  return DK_DISPATCH(decompress, n_peers, indices, values, value_codec, *g, n_peers ? k_eff : 1,
+                     reduce, apply_sign, out, nt);
+}
+
+int dk_pack_signs(const float* values, int64_t n, uint8_t* out, int32_t threads) {
+  if (n < 0 || (n && (!values || !out))) return DK_ERR_ARGUMENT;
+  const int64_t n_bytes = (n + 7) / 8;
+#pragma omp parallel for num_threads(threads_or_default(threads)) schedule(static) if (n_bytes > 65536)
+  for (int64_t byte = 0; byte < n_bytes; ++byte) {
+    uint8_t packed = 0;
+    const int64_t first = byte * 8;
+    const int count = static_cast<int>(std::min<int64_t>(8, n - first));
+    for (int bit = 0; bit < count; ++bit) packed |= static_cast<uint8_t>(std::signbit(values[first + bit])) << bit;
+    out[byte] = packed;
+  }
+  return DK_OK;
+}
+
+int dk_unpack_signs(const uint8_t* packed, int64_t n, float* out, int32_t threads) {
+  if (n < 0 || (n && (!packed || !out))) return DK_ERR_ARGUMENT;
+#pragma omp parallel for num_threads(threads_or_default(threads)) schedule(static) if (n > 524288)
+  for (int64_t i = 0; i < n; ++i) out[i] = (packed[i >> 3] >> (i & 7)) & 1 ? -1.0f : 1.0f;
+  return DK_OK;
+}
+
+const char* dk_status_string(int32_t status) {
+  switch (status) {
+    case DK_OK: return "ok";
+    case DK_ERR_ARGUMENT: return "invalid argument";
+    case DK_ERR_INDEX_RANGE: return "index out of range [0, E)";
+    case DK_ERR_INDEX_ORDER: return "indices not strictly ascending within a chunk (unsorted or duplicate)";
+    case DK_ERR_VALUE: return "value not finite or |value| >= 2^64";
+    case DK_ERR_ALLOC: return "out of memory";
+    default: return "unknown status";
+  }
+}
+
+const char* dk_kernel_variant(void) { return cpu_has_avx2() ? "avx2" : "generic"; }
+
+}  // extern "C"

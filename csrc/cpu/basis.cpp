@@ -1,0 +1,43 @@
+#include "basis.h"
+
+#include <cmath>
+
+namespace dk {
+
+void canonical_basis(int c, float* out) {
+  // Same float64 operation order as the Python reference, then rint (ties to even) on the
+  // 2^-24 grid: every value is exactly representable in float32.
+  const double pi = 3.141592653589793;
+  const double scale = 16777216.0;  // 2^24
+  for (int u = 0; u < c; ++u) {
+    const double a = u == 0 ? std::sqrt(1.0 / c) : std::sqrt(2.0 / c);
+    for (int i = 0; i < c; ++i) {
+      const double exact = a * std::cos(pi * (2.0 * i + 1.0) * u / (2.0 * c));
+      out[u * c + i] = static_cast<float>(std::nearbyint(exact * scale) / scale);
+    }
+  }
+}
+
+ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
+  ldm = (cm + 7) / 8 * 8;
+  ldn = (cn + 7) / 8 * 8;
+  std::vector<float> bm(static_cast<size_t>(cm) * cm), bn(static_cast<size_t>(cn) * cn);
+  canonical_basis(cm, bm.data());
+  canonical_basis(cn, bn.data());
+  cm_rows.assign(static_cast<size_t>(cm) * ldm, 0.f);
+  cm_cols.assign(static_cast<size_t>(cm) * ldm, 0.f);
+  cn_rows.assign(static_cast<size_t>(cn) * ldn, 0.f);
+  cn_cols.assign(static_cast<size_t>(cn) * ldn, 0.f);
+  for (int u = 0; u < cm; ++u)
+    for (int i = 0; i < cm; ++i) {
+      cm_rows[u * ldm + i] = bm[u * cm + i];
+      cm_cols[i * ldm + u] = bm[u * cm + i];
+    }
+  for (int v = 0; v < cn; ++v)
+    for (int j = 0; j < cn; ++j) {
+      cn_rows[v * ldn + j] = bn[v * cn + j];
+      cn_cols[j * ldn + v] = bn[v * cn + j];
+    }
+}
+
+}  // namespace dk

@@ -1,0 +1,148 @@
+// Decode kernels (SPEC section 4), bit-exact: float32 aggregation of the peers in list order,
+// then the canonical inverse DCT with separately rounded multiplies and adds in ascending
+// order. Terms whose multiplicand is zero are skipped (SPEC 4.3: from +0 this changes no bit),
+// which makes the first fold cost O(kept coefficients) instead of O(E * c).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "basis.h"
+#include "gemm.h"
+#include "geometry.h"
+#include "kernels.h"
+#include "scratch.h"
+
+namespace dk {
+namespace DK_ARCH {
+namespace {
+
+constexpr float kFlushBelow = 2.7755575615628914e-17f;  // 2^-55
+
+struct Scratch {
+  AlignedBuffer<float> agg;       // A (cm x ldn), all +0 between chunks
+  AlignedBuffer<int32_t> count;   // n[j] per padded position, all 0 between chunks
+  AlignedBuffer<float> partial;   // T (cm x ldn)
+  AlignedBuffer<float> out_rows;  // y (cm x ldn)
+  std::vector<int32_t> touched;   // padded positions written this chunk
+  std::vector<int> row_terms, rows;
+  Scratch(int cm, int ldn, int max_touched)
+      : agg(cm * ldn), count(cm * ldn), partial(cm * ldn), out_rows(cm * ldn),
+        touched(max_touched), row_terms(ldn), rows(cm) {}
+};
+
+inline float canonical_value(float v) { return std::fabs(v) < kFlushBelow ? 0.0f : v; }
+
+// Canonical inverse of the aggregate in s.agg (cleared on return); writes y into s.out_rows.
+// Returns false when the chunk is all zero (then s.out_rows is not written).
+bool canonical_inverse(const ChunkBases& b, Scratch& s) {
+  int n_rows = 0;
+  for (int u = 0; u < b.cm; ++u) {
+    float* a_row = s.agg.data() + u * b.ldn;
+    int n_terms = 0;
+    for (int v = 0; v < b.cn; ++v)
+      if (a_row[v] != 0.0f) s.row_terms[n_terms++] = v;
+    if (!n_terms) continue;
+    // T[u, :] = fold over v ascending of A[u, v] * C_n[v, :]
+    fold_exact(a_row, 0, b.cn_rows.data(), b.ldn, s.partial.data() + u * b.ldn, b.ldn, 1,
+               s.row_terms.data(), n_terms, b.ldn);
+    std::memset(a_row, 0, sizeof(float) * b.ldn);
+    s.rows[n_rows++] = u;
+  }
+  if (!n_rows) return false;
+  // y[i, :] = fold over u ascending of C_m[u, i] * T[u, :]
+  fold_exact(b.cm_cols.data(), b.ldm, s.partial.data(), b.ldn, s.out_rows.data(), b.ldn, b.cm,
+             s.rows.data(), n_rows, b.ldn);
+  return true;
+}
+
+void store_chunk(const ChunkBases& b, const ChunkSite& site, bool nonzero, bool apply_sign,
+                 const float* rows, float* out) {
+  for (int i = 0; i < b.cm; ++i) {
+    float* dst = out + site.offset + i * site.stride;
+    if (!nonzero) {
+      std::memset(dst, 0, sizeof(float) * b.cn);
+    } else if (apply_sign) {
+      const float* src = rows + i * b.ldn;
+      for (int j = 0; j < b.cn; ++j) dst[j] = src[j] > 0.0f ? 1.0f : (src[j] < 0.0f ? -1.0f : 0.0f);
+    } else {
+      std::memcpy(dst, rows + i * b.ldn, sizeof(float) * b.cn);
+    }
+  }
+}
+
+template <typename Body>
+int for_each_chunk(int64_t total, int cm, int ldn, int max_touched, int threads, Body body) {
+  int status = DK_OK;
+#pragma omp parallel num_threads(threads)
+  {
+    std::unique_ptr<Scratch> scratch;
+    try {
+      scratch.reset(new Scratch(cm, ldn, max_touched));
+    } catch (const std::bad_alloc&) {
+#pragma omp atomic write
+      status = DK_ERR_ALLOC;
+    }
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < total; ++c)
+      if (scratch) body(*scratch, c);
+  }
+  return status;
+}
+
+}  // namespace
+
+int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
+  const ChunkBases b(g.cm, g.cn);
+  const int E = g.cm * g.cn;
+  return for_each_chunk(n_chunks(g), g.cm, b.ldn, 1, threads, [&](Scratch& s, int64_t c) {
+    for (int u = 0; u < g.cm; ++u)
+      for (int v = 0; v < g.cn; ++v) s.agg[u * b.ldn + v] = coeffs[c * E + u * g.cn + v];
+    const bool nonzero = canonical_inverse(b, s);
+    store_chunk(b, chunk_site(g, c), nonzero, false, s.out_rows.data(), x);
+  });
+}
+
+int decompress(int n_peers, const int32_t* const* indices, const void* const* values,
+               int value_codec, const dk_geometry& g, int k_eff, int reduce, int apply_sign,
+               float* out, int threads) {
+  const ChunkBases b(g.cm, g.cn);
+  std::vector<int32_t> padded_position(g.cm * g.cn);  // e = u * cn + v -> u * ldn + v
+  for (int e = 0; e < g.cm * g.cn; ++e) padded_position[e] = (e / g.cn) * b.ldn + e % g.cn;
+  const float peers = static_cast<float>(n_peers);
+  const bool sign_codec = value_codec == DK_VALUES_SIGN;
+  return for_each_chunk(n_chunks(g), g.cm, b.ldn, n_peers * k_eff, threads, [&](Scratch& s, int64_t c) {
+    int n_touched = 0;
+    const int64_t first = c * k_eff;
+    for (int p = 0; p < n_peers; ++p) {  // ascending peer order: S[j] += v, n[j] += 1
+      const int32_t* peer_indices = indices[p] + first;
+      for (int t = 0; t < k_eff; ++t) {
+        const int32_t pos = padded_position[peer_indices[t]];
+        float value;
+        if (sign_codec) {
+          const int64_t bit = first + t;
+          const uint8_t byte = static_cast<const uint8_t*>(values[p])[bit >> 3];
+          value = (byte >> (bit & 7)) & 1 ? -1.0f : 1.0f;
+        } else {
+          value = canonical_value(static_cast<const float*>(values[p])[first + t]);
+        }
+        if (s.count[pos]++ == 0) s.touched[n_touched++] = pos;
+        s.agg[pos] = s.agg[pos] + value;
+      }
+    }
+    for (int t = 0; t < n_touched; ++t) {  // A[j] = S[j] / n[j]  (or / P), then flush
+      const int32_t pos = s.touched[t];
+      const float divisor = reduce == DK_REDUCE_MEAN ? static_cast<float>(s.count[pos]) : peers;
+      const float mean = s.agg[pos] / divisor;
+      s.agg[pos] = std::fabs(mean) < kFlushBelow ? 0.0f : mean;
+      s.count[pos] = 0;
+    }
+    const bool nonzero = canonical_inverse(b, s);
+    store_chunk(b, chunk_site(g, c), nonzero, apply_sign != 0, s.out_rows.data(), out);
+  });
+}
+
+}  // namespace DK_ARCH
+}  // namespace dk

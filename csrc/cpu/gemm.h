@@ -1,0 +1,103 @@
+// Small register-blocked products on padded chunk rows (8-float vectors).
+//   gemm_fma:   C[r][:] (+)= sum_t A[r][t] * B[t][:]   fused multiply-add (encode only)
+//   fold_exact: C[r][:]  = fold over t in `terms`, ascending, of (acc + A[r][t] * B[t][:])
+//               with a separately rounded multiply and add: SPEC 4.3's canonical order.
+#pragma once
+
+#include "simd.h"
+
+namespace dk {
+
+template <int ROWS, int NVB, bool ACCUMULATE>
+inline void fma_block(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int K) {
+  v8f acc[ROWS][NVB];
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NVB; ++q) acc[r][q] = ACCUMULATE ? vload(C + r * ldc + q * kLanes) : vzero();
+  for (int t = 0; t < K; ++t) {
+    v8f b[NVB];
+    for (int q = 0; q < NVB; ++q) b[q] = vload(B + t * ldb + q * kLanes);
+    for (int r = 0; r < ROWS; ++r) {
+      const v8f s = vsplat(A[r * lda + t]);
+      for (int q = 0; q < NVB; ++q) acc[r][q] = vfma(s, b[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NVB; ++q) vstore(C + r * ldc + q * kLanes, acc[r][q]);
+}
+
+template <int ROWS, bool ACCUMULATE>
+inline void fma_rows(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int K,
+                     int nvb) {
+  switch (nvb) {
+    case 1: fma_block<ROWS, 1, ACCUMULATE>(A, lda, B, ldb, C, ldc, K); break;
+    case 2: fma_block<ROWS, 2, ACCUMULATE>(A, lda, B, ldb, C, ldc, K); break;
+    case 3: fma_block<ROWS, 3, ACCUMULATE>(A, lda, B, ldb, C, ldc, K); break;
+    default: fma_block<ROWS, 4, ACCUMULATE>(A, lda, B, ldb, C, ldc, K); break;
+  }
+}
+
+// R rows, K terms, `width` floats per row (a multiple of 8).
+template <bool ACCUMULATE>
+inline void gemm_fma(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int R,
+                     int K, int width) {
+  const int nv = width / kLanes;
+  for (int q0 = 0; q0 < nv; q0 += 4) {
+    const int nvb = nv - q0 < 4 ? nv - q0 : 4;
+    const float* b = B + q0 * kLanes;
+    float* c = C + q0 * kLanes;
+    int r = 0;
+    for (; r + 2 <= R; r += 2)
+      fma_rows<2, ACCUMULATE>(A + r * lda, lda, b, ldb, c + r * ldc, ldc, K, nvb);
+    if (r < R) fma_rows<1, ACCUMULATE>(A + r * lda, lda, b, ldb, c + r * ldc, ldc, K, nvb);
+  }
+}
+
+template <int ROWS, int NVB>
+inline void exact_block(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                        const int* terms, int n_terms) {
+  v8f acc[ROWS][NVB];
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NVB; ++q) acc[r][q] = vzero();  // +0
+  for (int s = 0; s < n_terms; ++s) {
+    const int t = terms[s];
+    v8f b[NVB];
+    for (int q = 0; q < NVB; ++q) b[q] = vload(B + t * ldb + q * kLanes);
+    for (int r = 0; r < ROWS; ++r) {
+      const v8f a = vsplat(A[r * lda + t]);
+      for (int q = 0; q < NVB; ++q) {
+        const v8f product = a * b[q];  // rounded
+        acc[r][q] = acc[r][q] + product;  // rounded (no contraction: -ffp-contract=off)
+      }
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NVB; ++q) vstore(C + r * ldc + q * kLanes, acc[r][q]);
+}
+
+template <int ROWS>
+inline void exact_rows(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                       const int* terms, int n_terms, int nvb) {
+  switch (nvb) {
+    case 1: exact_block<ROWS, 1>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
+    case 2: exact_block<ROWS, 2>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
+    case 3: exact_block<ROWS, 3>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
+    default: exact_block<ROWS, 4>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
+  }
+}
+
+inline void fold_exact(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int R,
+                       const int* terms, int n_terms, int width) {
+  const int nv = width / kLanes;
+  for (int q0 = 0; q0 < nv; q0 += 4) {
+    const int nvb = nv - q0 < 4 ? nv - q0 : 4;
+    int r = 0;
+    for (; r + 2 <= R; r += 2)
+      exact_rows<2>(A + r * lda, lda, B + q0 * kLanes, ldb, C + r * ldc + q0 * kLanes, ldc, terms,
+                    n_terms, nvb);
+    if (r < R)
+      exact_rows<1>(A + r * lda, lda, B + q0 * kLanes, ldb, C + r * ldc + q0 * kLanes, ldc, terms,
+                    n_terms, nvb);
+  }
+}
+
+}  // namespace dk

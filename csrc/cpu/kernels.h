@@ -1,0 +1,26 @@
+// Kernel entry points, compiled once per instruction set (namespace dk::avx2, dk::generic);
+// api.cpp picks one at run time. Arguments are validated by api.cpp before these run.
+#pragma once
+
+#include <cstdint>
+
+#include "../include/distro_kernels.h"
+
+#define DK_DECLARE_KERNELS(ns)                                                                   \
+  namespace dk {                                                                                 \
+  namespace ns {                                                                                 \
+  int dct(const void* x, int32_t dtype, const dk_geometry& g, float* coeffs, int threads);      \
+  int compress(const void* x, int32_t dtype, const dk_geometry& g, int k_eff, int32_t* indices, \
+               float* values, int threads);                                                      \
+  int demo_step(int n_tensors, float* const* deltas, const void* const* grads,                   \
+                const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,     \
+                int k, int32_t* indices, float* values, int threads);                            \
+  int idct(const float* coeffs, const dk_geometry& g, float* x, int threads);                   \
+  int decompress(int n_peers, const int32_t* const* indices, const void* const* values,          \
+                 int value_codec, const dk_geometry& g, int k_eff, int reduce, int apply_sign,   \
+                 float* out, int threads);                                                       \
+  }                                                                                              \
+  }
+
+DK_DECLARE_KERNELS(avx2)
+DK_DECLARE_KERNELS(generic)

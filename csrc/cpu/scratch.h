@@ -1,0 +1,35 @@
+// Per-thread, 32-byte aligned scratch buffers (reused across chunks, never shared).
+#pragma once
+
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+
+namespace dk {
+
+template <typename T>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(size_t n = 0) { resize(n); }
+  ~AlignedBuffer() { std::free(data_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+
+  void resize(size_t n) {  // contents are zeroed
+    std::free(data_);
+    size_t bytes = ((n * sizeof(T) + 31) / 32) * 32;
+    data_ = static_cast<T*>(std::aligned_alloc(32, bytes ? bytes : 32));
+    if (!data_) throw std::bad_alloc();
+    for (size_t i = 0; i < n; ++i) data_[i] = T();
+    size_ = n;
+  }
+  T* data() { return data_; }
+  T& operator[](size_t i) { return data_[i]; }
+  size_t size() const { return size_; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace dk

@@ -1,0 +1,77 @@
+/* distro_kernels C ABI: the CPU kernels on raw buffers, for any trainer that can call C.
+ *
+ * Tensors are dense row-major. A tensor's geometry (SPEC section 1) is
+ * (batch, chunks_m * cm, chunks_n * cn); 1-D tensors use batch = chunks_m = cm = 1.
+ * Chunk c (row-major over batch, chunk row, chunk column) owns E = cm * cn coefficients;
+ * coefficient (u, v) is at u * cn + v. All functions return DK_OK or an error status and
+ * write nothing to caller-visible outputs they do not own on a validation error.
+ */
+#ifndef DISTRO_KERNELS_H
+#define DISTRO_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum dk_status {
+  DK_OK = 0,
+  DK_ERR_ARGUMENT = 1,    /* bad geometry, k, dtype, codec, ... */
+  DK_ERR_INDEX_RANGE = 2, /* an index outside [0, E) */
+  DK_ERR_INDEX_ORDER = 3, /* indices of a chunk not strictly ascending */
+  DK_ERR_VALUE = 4,       /* a value not finite or with |v| >= 2^64 */
+  DK_ERR_ALLOC = 5
+};
+
+enum dk_dtype { DK_F32 = 0, DK_BF16 = 1, DK_F16 = 2 };
+enum dk_reduce { DK_REDUCE_MEAN = 0, DK_REDUCE_SUM_OVER_PEERS = 1 };
+enum dk_value_codec { DK_VALUES_F32 = 0, DK_VALUES_SIGN = 1 };
+
+#define DK_MAX_CHUNK 256
+
+typedef struct dk_geometry {
+  int64_t batch, chunks_m, chunks_n;
+  int32_t cm, cn;
+} dk_geometry;
+
+/* The canonical float32 DCT-II basis C[u * c + i] of SPEC section 2. */
+int dk_canonical_basis(int32_t c, float* out);
+
+/* Forward chunked DCT: coeffs is (n_chunks, E) float32. Input dtype is a dk_dtype. */
+int dk_dct(const void* x, int32_t dtype, const dk_geometry* g, float* coeffs, int32_t threads);
+
+/* Inverse with SPEC 4.3's canonical folds (bit-exact): coeffs (n_chunks, E) -> x. */
+int dk_idct(const float* coeffs, const dk_geometry* g, float* x, int32_t threads);
+
+/* DCT + per-chunk top-k_eff by |X| (ties: smaller index); indices ascending per chunk. */
+int dk_compress(const void* x, int32_t dtype, const dk_geometry* g, int32_t k_eff,
+                int32_t* indices, float* values, int32_t threads);
+
+/* Fused DeMo encode over n_tensors tensors (SPEC section 3), in place on the float32 states:
+ * delta = beta * delta + lr * grad; select on DCT(delta); delta -= IDCT(selected).
+ * Outputs are flat, tensor after tensor, min(k, E) entries per chunk. */
+int dk_demo_step(int32_t n_tensors, float* const* deltas, const void* const* grads,
+                 const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,
+                 int32_t k, int32_t* indices, float* values, int32_t threads);
+
+/* SPEC section 4 decode of n_peers payloads for one tensor, in peer order. values[p] is
+ * float32 (DK_VALUES_F32) or pack_signs bytes (DK_VALUES_SIGN). On a content error the
+ * first offending peer is written to *bad_peer and out is left unspecified. */
+int dk_decompress(int32_t n_peers, const int32_t* const* indices, const void* const* values,
+                  int32_t value_codec, const dk_geometry* g, int32_t k_eff, int32_t reduce,
+                  int32_t apply_sign, float* out, int32_t threads, int32_t* bad_peer);
+
+/* Sign bits, LSB-first: value i is bit i % 8 of byte i / 8; bit = signbit. */
+int dk_pack_signs(const float* values, int64_t n, uint8_t* out, int32_t threads);
+int dk_unpack_signs(const uint8_t* packed, int64_t n, float* out, int32_t threads);
+
+const char* dk_status_string(int32_t status);
+/* "avx2" or "generic": which compiled kernel set this CPU runs. */
+const char* dk_kernel_variant(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DISTRO_KERNELS_H */

@@ -1,0 +1,112 @@
+"""The ``cpu`` backend: the compiled C++ kernels (``_C``) on contiguous CPU tensors.
+
+Same contract as ``reference.py``; tensors travel to C++ as raw addresses, so one build
+serves every torch version. Threads follow ``torch.get_num_threads()``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._ext import cpu_ext
+from .chunking import ChunkPlan
+from .reference import crop_to_shape, pad_to_plan
+from .validation import content_error
+
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_CONTENT_RULES = {2: "index_range", 3: "index_order", 4: "value"}
+_REDUCE_CODES = {"mean": 0, "sum_over_peers": 1}
+
+
+def _geometry(plan: ChunkPlan) -> tuple[int, int, int, int, int]:
+    return (plan.batch, plan.chunks_m, plan.chunks_n, plan.cm, plan.cn)
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _check(status: int, what: str) -> None:
+    if status == 5:
+        raise MemoryError(f"{what}: {cpu_ext.status_string(status)}")
+    if status:
+        raise ValueError(f"{what}: {cpu_ext.status_string(status)}")
+
+
+def _padded_input(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    return pad_to_plan(x, plan).contiguous() if plan.is_padded else x.contiguous()
+
+
+def dct(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    x = _padded_input(x, plan)
+    out = torch.empty(plan.n_chunks, plan.elements_per_chunk)
+    _check(cpu_ext.dct(x.data_ptr(), _DTYPE_CODES[x.dtype], _geometry(plan), out.data_ptr(), _threads()), "dct")
+    return out
+
+
+def idct(coeffs: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    coeffs = coeffs.float().contiguous()
+    out = torch.empty(plan.padded_shape)
+    _check(cpu_ext.idct(coeffs.data_ptr(), _geometry(plan), out.data_ptr(), _threads()), "idct")
+    return crop_to_shape(out, plan)
+
+
+def compress(x: torch.Tensor, plan: ChunkPlan, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _padded_input(x, plan)
+    k_eff = plan.k_eff(k)
+    indices = torch.empty(plan.n_chunks, k_eff, dtype=torch.int32)
+    values = torch.empty(plan.n_chunks, k_eff)
+    status = cpu_ext.compress(
+        x.data_ptr(), _DTYPE_CODES[x.dtype], _geometry(plan), k_eff, indices.data_ptr(),
+        values.data_ptr(), _threads(),
+    )
+    _check(status, "compress")
+    return indices, values
+
+
+def demo_step_many_(deltas, grads, plans, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
+    total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
+    indices = torch.empty(total, dtype=torch.int32)
+    values = torch.empty(total)
+    status = cpu_ext.demo_step(
+        [d.data_ptr() for d in deltas], [g.data_ptr() for g in grads],
+        [_DTYPE_CODES[g.dtype] for g in grads], [_geometry(p) for p in plans],
+        float(beta), float(lr), int(k), indices.data_ptr(), values.data_ptr(), _threads(),
+    )
+    _check(status, "demo_step_")
+    return indices, values
+
+
+def demo_step_(delta, grad, plan, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
+    indices, values = demo_step_many_([delta], [grad], [plan], beta, lr, k)
+    shape = (plan.n_chunks, plan.k_eff(k))
+    return indices.view(shape), values.view(shape)
+
+
+def decompress(indices_list, values_list, plan, reduce="mean", value_codec="f32", sign=False):
+    if value_codec != "sign":
+        values_list = [v.float().contiguous() for v in values_list]
+    k_eff = indices_list[0].shape[1] if indices_list else 1
+    out = torch.empty(plan.padded_shape)
+    status, bad_peer = cpu_ext.decompress(
+        [i.data_ptr() for i in indices_list], [v.data_ptr() for v in values_list],
+        1 if value_codec == "sign" else 0, _geometry(plan), k_eff, _REDUCE_CODES[reduce],
+        bool(sign), out.data_ptr(), _threads(),
+    )
+    if status in _CONTENT_RULES:
+        raise content_error(_CONTENT_RULES[status], bad_peer)
+    _check(status, "decompress")
+    return crop_to_shape(out, plan)
+
+
+def pack_signs(values: torch.Tensor) -> torch.Tensor:
+    values = values.float().contiguous()
+    out = torch.empty((values.numel() + 7) // 8, dtype=torch.uint8)
+    _check(cpu_ext.pack_signs(values.data_ptr(), values.numel(), out.data_ptr(), _threads()), "pack_signs")
+    return out
+
+
+def unpack_signs(packed: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.empty(n)
+    _check(cpu_ext.unpack_signs(packed.data_ptr(), n, out.data_ptr(), _threads()), "unpack_signs")
+    return out

@@ -1,0 +1,103 @@
+// pybind11 module distro_kernels._C: a thin layer over the C ABI (no logic here).
+// Buffers arrive as integer addresses of contiguous tensors; the GIL is released while the
+// kernels run. Each call returns the dk_status code; Python turns codes into exceptions.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "distro_kernels.h"
+
+namespace py = pybind11;
+using Geometry = std::tuple<int64_t, int64_t, int64_t, int32_t, int32_t>;
+
+namespace {
+
+dk_geometry to_geometry(const Geometry& g) {
+  return dk_geometry{std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<4>(g)};
+}
+
+template <typename T>
+T* ptr(uintptr_t address) { return reinterpret_cast<T*>(address); }
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "distro_kernels CPU kernels (C ABI over raw buffers)";
+  py::call_guard<py::gil_scoped_release> no_gil;
+
+  m.def("canonical_basis", [](int32_t c, uintptr_t out) { return dk_canonical_basis(c, ptr<float>(out)); }, no_gil);
+  m.def("dct", [](uintptr_t x, int32_t dtype, const Geometry& g, uintptr_t coeffs, int32_t threads) {
+    const dk_geometry geometry = to_geometry(g);
+    return dk_dct(ptr<const void>(x), dtype, &geometry, ptr<float>(coeffs), threads);
+  }, no_gil);
+  m.def("idct", [](uintptr_t coeffs, const Geometry& g, uintptr_t x, int32_t threads) {
+    const dk_geometry geometry = to_geometry(g);
+    return dk_idct(ptr<const float>(coeffs), &geometry, ptr<float>(x), threads);
+  }, no_gil);
+  m.def("compress", [](uintptr_t x, int32_t dtype, const Geometry& g, int32_t k_eff, uintptr_t indices,
+                       uintptr_t values, int32_t threads) {
+    const dk_geometry geometry = to_geometry(g);
+    return dk_compress(ptr<const void>(x), dtype, &geometry, k_eff, ptr<int32_t>(indices),
+                       ptr<float>(values), threads);
+  }, no_gil);
+  m.def("demo_step", [](const std::vector<uintptr_t>& deltas, const std::vector<uintptr_t>& grads,
+                        const std::vector<int32_t>& grad_dtypes, const std::vector<Geometry>& geoms,
+                        float beta, float lr, int32_t k, uintptr_t indices, uintptr_t values, int32_t threads) {
+    const size_t n = deltas.size();
+    if (grads.size() != n || grad_dtypes.size() != n || geoms.size() != n) return int(DK_ERR_ARGUMENT);
+    std::vector<float*> delta_ptrs(n);
+    std::vector<const void*> grad_ptrs(n);
+    std::vector<dk_geometry> geometries(n);
+    for (size_t t = 0; t < n; ++t) {
+      delta_ptrs[t] = ptr<float>(deltas[t]);
+      grad_ptrs[t] = ptr<const void>(grads[t]);
+      geometries[t] = to_geometry(geoms[t]);
+    }
+    return dk_demo_step(static_cast<int32_t>(n), delta_ptrs.data(), grad_ptrs.data(), grad_dtypes.data(),
+                        geometries.data(), beta, lr, k, ptr<int32_t>(indices), ptr<float>(values), threads);
+  }, no_gil);
+  m.def("decompress", [](const std::vector<uintptr_t>& indices, const std::vector<uintptr_t>& values,
+                         int32_t value_codec, const Geometry& g, int32_t k_eff, int32_t reduce,
+                         bool apply_sign, uintptr_t out, int32_t threads) {
+    if (indices.size() != values.size()) return std::make_tuple(int(DK_ERR_ARGUMENT), -1);
+    std::vector<const int32_t*> index_ptrs(indices.size());
+    std::vector<const void*> value_ptrs(values.size());
+    for (size_t p = 0; p < indices.size(); ++p) {
+      index_ptrs[p] = ptr<const int32_t>(indices[p]);
+      value_ptrs[p] = ptr<const void>(values[p]);
+    }
+    const dk_geometry geometry = to_geometry(g);
+    int32_t bad_peer = -1;
+    const int status = dk_decompress(static_cast<int32_t>(indices.size()), index_ptrs.data(), value_ptrs.data(),
+                                     value_codec, &geometry, k_eff, reduce, apply_sign, ptr<float>(out),
+                                     threads, &bad_peer);
+    return std::make_tuple(status, static_cast<int>(bad_peer));
+  }, no_gil);
+  m.def("pack_signs", [](uintptr_t values, int64_t n, uintptr_t out, int32_t threads) {
+    return dk_pack_signs(ptr<const float>(values), n, ptr<uint8_t>(out), threads);
+  }, no_gil);
+  m.def("unpack_signs", [](uintptr_t packed, int64_t n, uintptr_t out, int32_t threads) {
+    return dk_unpack_signs(ptr<const uint8_t>(packed), n, ptr<float>(out), threads);
+  }, no_gil);
+  m.def("status_string", [](int32_t status) { return std::string(dk_status_string(status)); });
+  m.def("kernel_variant", []() { return std::string(dk_kernel_variant()); });
+  m.def("cpu_features", []() {
+    py::dict features;
+    features["kernel_variant"] = std::string(dk_kernel_variant());
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    features["avx2"] = static_cast<bool>(__builtin_cpu_supports("avx2"));
+    features["fma"] = static_cast<bool>(__builtin_cpu_supports("fma"));
+    features["avx512f"] = static_cast<bool>(__builtin_cpu_supports("avx512f"));
+#endif
+#if defined(_OPENMP)
+    features["openmp"] = true;
+#else
+    features["openmp"] = false;
+#endif
+    return features;
+  });
+}
