@@ -38,6 +38,28 @@ ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
       cn_rows[v * ldn + j] = bn[v * cn + j];
       cn_cols[j * ldn + v] = bn[v * cn + j];
     }
+  split_n = cn % 16 == 0;
+  split_m = cm % 2 == 0 && cm > 1;
+  if (split_n) {
+    hn = cn / 2;
+    cn_even_cols.assign(static_cast<size_t>(hn) * hn, 0.f);
+    cn_odd_cols.assign(static_cast<size_t>(hn) * hn, 0.f);
+    for (int j = 0; j < hn; ++j)
+      for (int w = 0; w < hn; ++w) {
+        cn_even_cols[j * hn + w] = bn[(2 * w) * cn + j];
+        cn_odd_cols[j * hn + w] = bn[(2 * w + 1) * cn + j];
+      }
+  }
+  if (split_m) {
+    hm = cm / 2;
+    cm_even_rows.assign(static_cast<size_t>(hm) * hm, 0.f);
+    cm_odd_rows.assign(static_cast<size_t>(hm) * hm, 0.f);
+    for (int w = 0; w < hm; ++w)
+      for (int i = 0; i < hm; ++i) {
+        cm_even_rows[w * hm + i] = bm[(2 * w) * cm + i];
+        cm_odd_rows[w * hm + i] = bm[(2 * w + 1) * cm + i];
+      }
+  }
 }
 
 }  // namespace dk

@@ -17,6 +17,14 @@ struct ChunkBases {
   std::vector<float> cm_cols;    // C_m[u][i] at [i][u] (cm x ldm): C_m transposed
   std::vector<float> cn_rows;    // C_n[v][j]   (cn x ldn)
   std::vector<float> cn_cols;    // C_n[v][j] at [j][v] (cn x ldn): C_n transposed
+
+  // Even/odd halves for the encoder's fast path. C[u][c-1-i] = (-1)^u C[u][i], so a DCT of
+  // even size is two half-size products: even u on (x[i] + x[c-1-i]), odd u on the difference.
+  // split_n needs cn % 16 == 0 (each half a whole number of 8-float vectors); split_m, even cm.
+  bool split_n = false, split_m = false;
+  int hn = 0, hm = 0;
+  std::vector<float> cn_even_cols, cn_odd_cols;  // [j][v'] = C_n[2v'][j], C_n[2v'+1][j] (hn x hn)
+  std::vector<float> cm_even_rows, cm_odd_rows;  // [u'][i] = C_m[2u'][i], C_m[2u'+1][i] (hm x hm)
   ChunkBases(int cm_, int cn_);
 };
 

@@ -21,22 +21,64 @@ namespace DK_ARCH {
 namespace {
 
 struct Scratch {
-  AlignedBuffer<float> block, partial, coeffs, sent_rows, weights;
+  AlignedBuffer<float> block, partial, coeffs, sent_rows, weights, half_a, half_b, row_tmp;
   std::vector<int32_t> picked;
   std::vector<int> sent_row_ids;
   TopKSelector selector;
   explicit Scratch(int max_c, int k)
       : block(max_c * max_c + 8 * max_c), partial(max_c * max_c + 8 * max_c),
         coeffs(max_c * max_c + 8 * max_c), sent_rows(max_c * max_c + 8 * max_c),
-        weights(max_c * max_c + 8 * max_c), picked(std::max(k, 1)), sent_row_ids(max_c) {
+        weights(max_c * max_c + 8 * max_c), half_a(max_c * max_c + 8 * max_c),
+        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8), picked(std::max(k, 1)),
+        sent_row_ids(max_c) {
     selector.reserve(std::max(k, 1));
   }
 };
 
-// coeffs = C_m @ block @ C_n^T over padded rows (ldn floats).
-void forward(const ChunkBases& b, const float* block, float* partial, float* coeffs) {
-  gemm_fma<false>(block, b.ldn, b.cn_cols.data(), b.ldn, partial, b.ldn, b.cm, b.cn, b.ldn);
-  gemm_fma<false>(b.cm_rows.data(), b.ldm, partial, b.ldn, coeffs, b.ldn, b.cm, b.cm, b.ldn);
+// Restores natural column order after the split row transform (even v | odd v halves).
+void interleave_columns(const ChunkBases& b, float* rows, float* tmp) {
+  for (int u = 0; u < b.cm; ++u) {
+    float* row = rows + u * b.ldn;
+    for (int q = 0; q < b.hn; q += kLanes) {
+      const v8f even = vload(row + q), odd = vload(row + b.hn + q);
+      vstore(tmp + 2 * q, interleave_lo(even, odd));
+      vstore(tmp + 2 * q + kLanes, interleave_hi(even, odd));
+    }
+    std::memcpy(row, tmp, sizeof(float) * b.cn);
+  }
+}
+
+// coeffs = C_m @ block @ C_n^T over padded rows (ldn floats), split even/odd where possible.
+void forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs) {
+  float* partial = s.partial.data();
+  float* half_a = s.half_a.data();
+  float* half_b = s.half_b.data();
+  if (b.split_n) {  // partial = [even v | odd v] columns
+    for (int i = 0; i < b.cm; ++i) {
+      const float* row = block + i * b.ldn;
+      for (int j = 0; j < b.hn; ++j) {
+        half_a[i * b.hn + j] = row[j] + row[b.cn - 1 - j];
+        half_b[i * b.hn + j] = row[j] - row[b.cn - 1 - j];
+      }
+    }
+    gemm_fma<false>(half_a, b.hn, b.cn_even_cols.data(), b.hn, partial, b.ldn, b.cm, b.hn, b.hn);
+    gemm_fma<false>(half_b, b.hn, b.cn_odd_cols.data(), b.hn, partial + b.hn, b.ldn, b.cm, b.hn, b.hn);
+  } else {
+    gemm_fma<false>(block, b.ldn, b.cn_cols.data(), b.ldn, partial, b.ldn, b.cm, b.cn, b.ldn);
+  }
+  if (b.split_m) {  // even rows u from sums of mirrored rows, odd rows from differences
+    for (int i = 0; i < b.hm; ++i)
+      for (int q = 0; q < b.ldn; q += kLanes) {
+        const v8f top = vload(partial + i * b.ldn + q), bottom = vload(partial + (b.cm - 1 - i) * b.ldn + q);
+        vstore(half_a + i * b.ldn + q, top + bottom);
+        vstore(half_b + i * b.ldn + q, top - bottom);
+      }
+    gemm_fma<false>(b.cm_even_rows.data(), b.hm, half_a, b.ldn, coeffs, 2 * b.ldn, b.hm, b.hm, b.ldn);
+    gemm_fma<false>(b.cm_odd_rows.data(), b.hm, half_b, b.ldn, coeffs + b.ldn, 2 * b.ldn, b.hm, b.hm, b.ldn);
+  } else {
+    gemm_fma<false>(b.cm_rows.data(), b.ldm, partial, b.ldn, coeffs, b.ldn, b.cm, b.cm, b.ldn);
+  }
+  if (b.split_n) interleave_columns(b, coeffs, s.row_tmp.data());
 }
 
 void load_block(const void* x, int32_t dtype, const ChunkSite& site, const ChunkBases& b,
@@ -44,13 +86,17 @@ void load_block(const void* x, int32_t dtype, const ChunkSite& site, const Chunk
   for (int i = 0; i < b.cm; ++i) load_row(x, dtype, site.offset + i * site.stride, b.cn, block + i * b.ldn);
 }
 
-// block -= C_m^T @ S @ C_n, S holding `k` picked coefficients (error feedback, SPEC 3).
-void subtract_sent(const ChunkBases& b, const int32_t* picked, const float* picked_values, int k,
-                   Scratch& s, float* block) {
-  float* rows = s.sent_rows.data();
+// Writes sum over picked (u, v) in rows of one parity of value * C_n[v][:] into `rows`, one
+// row per distinct u (picked is ascending, so a row's coefficients are adjacent).
+int gather_sent_rows(const ChunkBases& b, const int32_t* picked, const float* picked_values, int k,
+                     int parity, float* rows, int* row_ids) {
   int n_rows = 0;
-  for (int t = 0; t < k;) {  // picked is ascending: coefficients of one row u are adjacent
+  for (int t = 0; t < k;) {
     const int u = picked[t] / b.cn;
+    if (parity >= 0 && (u & 1) != parity) {
+      for (; t < k && picked[t] / b.cn == u; ++t) {}
+      continue;
+    }
     float* row = rows + n_rows * b.ldn;
     std::memset(row, 0, sizeof(float) * b.ldn);
     for (; t < k && picked[t] / b.cn == u; ++t) {
@@ -58,12 +104,42 @@ void subtract_sent(const ChunkBases& b, const int32_t* picked, const float* pick
       const float* basis_row = b.cn_rows.data() + (picked[t] % b.cn) * b.ldn;
       for (int q = 0; q < b.ldn; q += kLanes) vstore(row + q, vfma(value, vload(basis_row + q), vload(row + q)));
     }
-    s.sent_row_ids[n_rows++] = u;
+    row_ids[n_rows++] = u;
   }
-  float* weights = s.weights.data();  // weights[i][r] = -C_m[u_r][i]
-  for (int i = 0; i < b.cm; ++i)
-    for (int r = 0; r < n_rows; ++r) weights[i * n_rows + r] = -b.cm_rows[s.sent_row_ids[r] * b.ldm + i];
-  gemm_fma<true>(weights, n_rows, rows, b.ldn, block, b.ldn, b.cm, n_rows, b.ldn);
+  return n_rows;
+}
+
+// block -= C_m^T @ S @ C_n, S holding the k picked coefficients (error feedback, SPEC 3).
+void subtract_sent(const ChunkBases& b, const int32_t* picked, const float* picked_values, int k,
+                   Scratch& s, float* block) {
+  float* weights = s.weights.data();
+  if (!b.split_m) {
+    float* rows = s.sent_rows.data();
+    const int n_rows = gather_sent_rows(b, picked, picked_values, k, -1, rows, s.sent_row_ids.data());
+    for (int i = 0; i < b.cm; ++i)  // weights[i][r] = -C_m[u_r][i]
+      for (int r = 0; r < n_rows; ++r) weights[i * n_rows + r] = -b.cm_rows[s.sent_row_ids[r] * b.ldm + i];
+    gemm_fma<true>(weights, n_rows, rows, b.ldn, block, b.ldn, b.cm, n_rows, b.ldn);
+    return;
+  }
+  // Split: for i < cm/2, E[i] = sum over even u, O[i] = over odd u of C_m[u][i] * R_u; then
+  // block[i] -= E[i] + O[i] and block[cm-1-i] -= E[i] - O[i].
+  float* parts[2] = {s.half_a.data(), s.half_b.data()};
+  for (int parity = 0; parity < 2; ++parity) {
+    float* rows = s.sent_rows.data() + parity * b.hm * b.ldn;
+    const int n_rows = gather_sent_rows(b, picked, picked_values, k, parity, rows, s.sent_row_ids.data());
+    float* w = weights + parity * b.hm * b.hm;
+    for (int i = 0; i < b.hm; ++i)
+      for (int r = 0; r < n_rows; ++r) w[i * n_rows + r] = b.cm_rows[s.sent_row_ids[r] * b.ldm + i];
+    gemm_fma<false>(w, n_rows, rows, b.ldn, parts[parity], b.ldn, b.hm, n_rows, b.ldn);
+  }
+  for (int i = 0; i < b.hm; ++i)
+    for (int q = 0; q < b.ldn; q += kLanes) {
+      const v8f even = vload(parts[0] + i * b.ldn + q), odd = vload(parts[1] + i * b.ldn + q);
+      float* top = block + i * b.ldn + q;
+      float* bottom = block + (b.cm - 1 - i) * b.ldn + q;
+      vstore(top, vload(top) - (even + odd));
+      vstore(bottom, vload(bottom) - (even - odd));
+    }
 }
 
 using BasesMap = std::map<std::pair<int, int>, std::unique_ptr<ChunkBases>>;
@@ -100,8 +176,9 @@ int dct(const void* x, int32_t dtype, const dk_geometry& g, float* coeffs, int t
   const ChunkBases b(g.cm, g.cn);
   const int E = g.cm * g.cn;
   return for_each_chunk(n_chunks(g), std::max(g.cm, g.cn), 1, threads, [&](Scratch& s, int64_t c) {
+    if (c + 1 < n_chunks(g)) prefetch_chunk(x, dtype_bytes(dtype), chunk_site(g, c + 1), g.cm, g.cn);
     load_block(x, dtype, chunk_site(g, c), b, s.block.data());
-    forward(b, s.block.data(), s.partial.data(), s.coeffs.data());
+    forward(b, s.block.data(), s, s.coeffs.data());
     for (int u = 0; u < g.cm; ++u)
       std::memcpy(coeffs + c * E + u * g.cn, s.coeffs.data() + u * b.ldn, sizeof(float) * g.cn);
   });
@@ -111,8 +188,9 @@ int compress(const void* x, int32_t dtype, const dk_geometry& g, int k_eff, int3
              float* values, int threads) {
   const ChunkBases b(g.cm, g.cn);
   return for_each_chunk(n_chunks(g), std::max(g.cm, g.cn), k_eff, threads, [&](Scratch& s, int64_t c) {
+    if (c + 1 < n_chunks(g)) prefetch_chunk(x, dtype_bytes(dtype), chunk_site(g, c + 1), g.cm, g.cn);
     load_block(x, dtype, chunk_site(g, c), b, s.block.data());
-    forward(b, s.block.data(), s.partial.data(), s.coeffs.data());
+    forward(b, s.block.data(), s, s.coeffs.data());
     int32_t* out_index = indices + c * k_eff;
     s.selector.select(s.coeffs.data(), b.ldn, g.cm, g.cn, k_eff, out_index);
     for (int t = 0; t < k_eff; ++t)
@@ -145,6 +223,11 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
     const ChunkBases& b = *bases[t];
     const ChunkSite site = chunk_site(g, c);
     float* state = deltas[t];
+    if (c + 1 < n_chunks(g)) {  // the next chunk of this thread (static schedule) is c + 1
+      const ChunkSite next = chunk_site(g, c + 1);
+      prefetch_chunk(state, 4, next, g.cm, g.cn);
+      prefetch_chunk(grads[t], dtype_bytes(grad_dtypes[t]), next, g.cm, g.cn);
+    }
     float* block = s.block.data();
     // delta = beta * delta + lr * grad
     load_block(grads[t], grad_dtypes[t], site, b, s.partial.data());
@@ -154,7 +237,7 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
       float* row = block + i * b.ldn;
       for (int j = 0; j < g.cn; ++j) row[j] = beta * old_row[j] + lr * grad_row[j];
     }
-    forward(b, block, s.partial.data(), s.coeffs.data());
+    forward(b, block, s, s.coeffs.data());
     const int kk = k_eff[t];
     int32_t* out_index = indices + first_out[t] + c * kk;
     float* out_value = values + first_out[t] + c * kk;

@@ -6,7 +6,11 @@
 
 #include "simd.h"
 
+// Internal linkage on purpose: this header is compiled once per instruction set (encode.cpp,
+// decode.cpp built with and without -mavx2), and shared linkage would let the linker keep one
+// set's copy of these inline functions for both.
 namespace dk {
+namespace {
 
 template <int ROWS, int NVB, bool ACCUMULATE>
 inline void fma_block(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int K) {
@@ -100,4 +104,5 @@ inline void fold_exact(const float* A, int lda, const float* B, int ldb, float* 
   }
 }
 
+}  // namespace
 }  // namespace dk

@@ -5,7 +5,11 @@
 #include <cstdlib>
 #include <new>
 
+// Internal linkage on purpose: this header is compiled once per instruction set (encode.cpp,
+// decode.cpp built with and without -mavx2), and shared linkage would let the linker keep one
+// set's copy of these inline functions for both.
 namespace dk {
+namespace {
 
 template <typename T>
 class AlignedBuffer {
@@ -32,4 +36,5 @@ class AlignedBuffer {
   size_t size_ = 0;
 };
 
+}  // namespace
 }  // namespace dk

@@ -17,7 +17,11 @@
 #include <immintrin.h>
 #endif
 
+// Internal linkage on purpose: this header is compiled once per instruction set (encode.cpp,
+// decode.cpp built with and without -mavx2), and shared linkage would let the linker keep one
+// set's copy of these inline functions for both.
 namespace dk {
+namespace {
 
 class TopKSelector {
  public:
@@ -32,13 +36,17 @@ class TopKSelector {
   // X: rows x ld floats (cols valid per row); writes k ascending indices (u * cols + v).
   void select(const float* X, int ld, int rows, int cols, int k, int32_t* out_index) {
     const int total = rows * cols;
+    if (k <= 0) return;
     if (k >= total) {
       for (int e = 0; e < total; ++e) out_index[e] = e;
       return;
     }
     const int cap = 2 * k;
     int n = 0;
-    int32_t threshold = -1;  // keys are >= 0, so everything enters at first
+    // Keys are >= 0, so -1 lets everything in. With at least k rows, the k-th largest row
+    // maximum t0 is a safe start: k distinct elements reach it, so nothing below it can be
+    // picked; starting at t0 - 1 still offers every element that ties t0.
+    int32_t threshold = rows >= k ? row_max_bound(X, ld, rows, cols, k) - 1 : -1;
     for (int u = 0; u < rows; ++u) {
       const float* row = X + static_cast<int64_t>(u) * ld;
       int v = 0;
@@ -62,6 +70,28 @@ class TopKSelector {
     uint32_t bits;
     std::memcpy(&bits, &x, 4);
     return bits & 0x7fffffffu;  // |x|'s bits: monotonic in |x| (NaN ranks above +inf)
+  }
+
+  int32_t row_max_bound(const float* X, int ld, int rows, int cols, int k) {
+    row_max_.resize(rows);
+    for (int u = 0; u < rows; ++u) {
+      const float* row = X + static_cast<int64_t>(u) * ld;
+      uint32_t best = 0;
+      int v = 0;
+#if defined(__AVX2__)
+      __m256i acc = _mm256_setzero_si256();
+      const __m256i magnitude_mask = _mm256_set1_epi32(0x7fffffff);
+      for (; v + 8 <= cols; v += 8)
+        acc = _mm256_max_epu32(acc, _mm256_and_si256(_mm256_loadu_si256((const __m256i*)(row + v)), magnitude_mask));
+      alignas(32) uint32_t lanes[8];
+      _mm256_store_si256((__m256i*)lanes, acc);
+      for (int lane = 0; lane < 8; ++lane) best = std::max(best, lanes[lane]);
+#endif
+      for (; v < cols; ++v) best = std::max(best, key_of(row[v]));
+      row_max_[u] = best;
+    }
+    std::nth_element(row_max_.begin(), row_max_.begin() + (k - 1), row_max_.end(), std::greater<uint32_t>());
+    return static_cast<int32_t>(row_max_[k - 1]);
   }
 
   inline void offer(const float* row, int v, int row_base, int32_t& threshold, int& n, int cap,
@@ -97,6 +127,8 @@ class TopKSelector {
   std::vector<int32_t> index_;
   std::vector<uint64_t> rank_;
   std::vector<uint64_t> order_;
+  std::vector<uint32_t> row_max_;
 };
 
+}  // namespace
 }  // namespace dk

@@ -9,7 +9,11 @@
 #include <immintrin.h>
 #endif
 
+// Internal linkage on purpose: this header is compiled once per instruction set (encode.cpp,
+// decode.cpp built with and without -mavx2), and shared linkage would let the linker keep one
+// set's copy of these inline functions for both.
 namespace dk {
+namespace {
 
 typedef float v8f __attribute__((vector_size(32)));
 constexpr int kLanes = 8;
@@ -35,6 +39,25 @@ inline v8f vfma(v8f a, v8f b, v8f c) {
 #endif
 }
 
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// (e0 o0 e1 o1 e2 o2 e3 o3) and (e4 o4 ... e7 o7): merges even- and odd-indexed halves.
+inline v8f interleave_lo(v8f e, v8f o) {
+#if defined(__clang__)
+  return __builtin_shufflevector(e, o, 0, 8, 1, 9, 2, 10, 3, 11);
+#else
+  return __builtin_shuffle(e, o, v8i{0, 8, 1, 9, 2, 10, 3, 11});
+#endif
+}
+inline v8f interleave_hi(v8f e, v8f o) {
+#if defined(__clang__)
+  return __builtin_shufflevector(e, o, 4, 12, 5, 13, 6, 14, 7, 15);
+#else
+  return __builtin_shuffle(e, o, v8i{4, 12, 5, 13, 6, 14, 7, 15});
+#endif
+}
+
 inline int round_up_lanes(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
+}  // namespace
 }  // namespace dk
