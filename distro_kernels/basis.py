@@ -11,7 +11,7 @@ import torch
 @functools.lru_cache(maxsize=None)
 def canonical_basis_np(c: int) -> np.ndarray:
     """``C[u, i] = a(u) cos(pi (2i+1) u / 2c)`` in float64, rounded to a multiple of 2^-24
-    (ties to even; ``np.rint`` rounds half to even), stored as float32 (exact)."""
+    (ties to even; ``np.rint`` rounds half to even), stored as float32 (exact). Zeros are +0."""
     if c < 1:
         raise ValueError(f"basis size must be >= 1, got {c}")
     u = np.arange(c, dtype=np.float64)[:, None]
@@ -19,7 +19,7 @@ def canonical_basis_np(c: int) -> np.ndarray:
     a = np.where(u == 0, np.sqrt(1.0 / c), np.sqrt(2.0 / c))
     exact = a * np.cos(np.pi * (2.0 * i + 1.0) * u / (2.0 * c))
     scale = float(2**24)
-    rounded = np.rint(exact * scale) / scale
+    rounded = np.rint(exact * scale) / scale + 0.0  # + 0.0: a cosine rounded to zero is +0, never -0
     out = rounded.astype(np.float32)
     assert np.array_equal(out.astype(np.float64), rounded), "canonical basis must be exact in f32"
     out.setflags(write=False)
@@ -27,7 +27,12 @@ def canonical_basis_np(c: int) -> np.ndarray:
 
 
 def canonical_basis(c: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The canonical basis as a float32 torch tensor of shape ``(c, c)``."""
+    """The canonical basis as a new float32 torch tensor of shape ``(c, c)``."""
+    return cached_basis(c, device).clone()
+
+
+def cached_basis(c: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The shared cached copy, for the kernels: read it, never write it."""
     return _basis_cached(c, str(device))
 
 

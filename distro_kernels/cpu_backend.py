@@ -83,20 +83,30 @@ def demo_step_(delta, grad, plan, beta, lr, k) -> tuple[torch.Tensor, torch.Tens
     return indices.view(shape), values.view(shape)
 
 
-def decompress(indices_list, values_list, plan, reduce="mean", value_codec="f32", sign=False):
+def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_codec="f32", sign=False):
+    """Per tensor t, the P peers' ``indices_lists[t][p]``; one parallel pass over all tensors."""
     if value_codec != "sign":
-        values_list = [v.float().contiguous() for v in values_list]
-    k_eff = indices_list[0].shape[1] if indices_list else 1
-    out = torch.empty(plan.padded_shape)
-    status, bad_peer = cpu_ext.decompress(
-        [i.data_ptr() for i in indices_list], [v.data_ptr() for v in values_list],
-        1 if value_codec == "sign" else 0, _geometry(plan), k_eff, _REDUCE_CODES[reduce],
-        bool(sign), out.data_ptr(), _threads(),
+        values_lists = [[v.float().contiguous() for v in peers] for peers in values_lists]
+    indices_lists = [[i.contiguous() for i in peers] for peers in indices_lists]
+    outs = [torch.empty(plan.padded_shape) for plan in plans]
+    k_effs = [peers[0].shape[1] if peers else 1 for peers in indices_lists]
+    status, bad_tensor, bad_peer = cpu_ext.decompress_many(
+        [i.data_ptr() for peers in indices_lists for i in peers],
+        [v.data_ptr() for peers in values_lists for v in peers],
+        1 if value_codec == "sign" else 0, [_geometry(p) for p in plans], k_effs,
+        _REDUCE_CODES[reduce], bool(sign), [o.data_ptr() for o in outs], _threads(),
     )
     if status in _CONTENT_RULES:
-        raise content_error(_CONTENT_RULES[status], bad_peer)
+        error = content_error(_CONTENT_RULES[status], bad_peer)
+        if len(plans) > 1:
+            error = ValueError(f"tensor {bad_tensor}: {error}")
+        raise error
     _check(status, "decompress")
-    return crop_to_shape(out, plan)
+    return [crop_to_shape(out, plan) for out, plan in zip(outs, plans)]
+
+
+def decompress(indices_list, values_list, plan, reduce="mean", value_codec="f32", sign=False):
+    return decompress_many([indices_list], [values_list], [plan], reduce, value_codec, sign)[0]
 
 
 def pack_signs(values: torch.Tensor) -> torch.Tensor:

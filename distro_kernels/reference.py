@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .basis import canonical_basis
+from .basis import cached_basis
 from .chunking import ChunkPlan
 from .validation import check_sparse_content
 
@@ -40,13 +40,14 @@ def pad_to_plan(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
 
 
 def crop_to_shape(y: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    """Drops ``pad`` padding; the result is contiguous (as the fake kernels promise)."""
     if plan.is_padded:
         y = y[tuple(slice(0, d) for d in plan.shape)]
-    return y.reshape(plan.shape)
+    return y.reshape(plan.shape).contiguous()
 
 
 def _bases(plan: ChunkPlan, device) -> tuple[torch.Tensor, torch.Tensor]:
-    return canonical_basis(plan.cm, device), canonical_basis(plan.cn, device)
+    return cached_basis(plan.cm, device), cached_basis(plan.cn, device)
 
 
 def dct(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
@@ -190,3 +191,14 @@ def decompress(
     agg = aggregate(indices_list, values_list, plan, reduce, value_codec)
     out = crop_to_shape(from_chunks(canonical_inverse(agg, plan), plan), plan)
     return torch.sign(out) if sign else out
+
+
+def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_codec="f32", sign=False):
+    """:func:`decompress` per tensor; ``indices_lists[t][p]`` is tensor t's peer p."""
+    outs = []
+    for tensor, (indices_list, values_list, plan) in enumerate(zip(indices_lists, values_lists, plans)):
+        try:
+            outs.append(decompress(indices_list, values_list, plan, reduce, value_codec, sign))
+        except ValueError as error:
+            raise (ValueError(f"tensor {tensor}: {error}") if len(plans) > 1 else error) from None
+    return outs

@@ -59,22 +59,32 @@ PYBIND11_MODULE(_C, m) {
     return dk_demo_step(static_cast<int32_t>(n), delta_ptrs.data(), grad_ptrs.data(), grad_dtypes.data(),
                         geometries.data(), beta, lr, k, ptr<int32_t>(indices), ptr<float>(values), threads);
   }, no_gil);
-  m.def("decompress", [](const std::vector<uintptr_t>& indices, const std::vector<uintptr_t>& values,
-                         int32_t value_codec, const Geometry& g, int32_t k_eff, int32_t reduce,
-                         bool apply_sign, uintptr_t out, int32_t threads) {
-    if (indices.size() != values.size()) return std::make_tuple(int(DK_ERR_ARGUMENT), -1);
+  m.def("decompress_many", [](const std::vector<uintptr_t>& indices, const std::vector<uintptr_t>& values,
+                              int32_t value_codec, const std::vector<Geometry>& geoms,
+                              const std::vector<int32_t>& k_effs, int32_t reduce, bool apply_sign,
+                              const std::vector<uintptr_t>& outs, int32_t threads) {
+    const size_t n_tensors = geoms.size();
+    if (!n_tensors || k_effs.size() != n_tensors || outs.size() != n_tensors ||
+        indices.size() != values.size() || indices.size() % n_tensors)
+      return std::make_tuple(int(DK_ERR_ARGUMENT), -1, -1);
     std::vector<const int32_t*> index_ptrs(indices.size());
     std::vector<const void*> value_ptrs(values.size());
-    for (size_t p = 0; p < indices.size(); ++p) {
-      index_ptrs[p] = ptr<const int32_t>(indices[p]);
-      value_ptrs[p] = ptr<const void>(values[p]);
+    for (size_t i = 0; i < indices.size(); ++i) {
+      index_ptrs[i] = ptr<const int32_t>(indices[i]);
+      value_ptrs[i] = ptr<const void>(values[i]);
     }
-    const dk_geometry geometry = to_geometry(g);
-    int32_t bad_peer = -1;
-    const int status = dk_decompress(static_cast<int32_t>(indices.size()), index_ptrs.data(), value_ptrs.data(),
-                                     value_codec, &geometry, k_eff, reduce, apply_sign, ptr<float>(out),
-                                     threads, &bad_peer);
-    return std::make_tuple(status, static_cast<int>(bad_peer));
+    std::vector<dk_geometry> geometries(n_tensors);
+    std::vector<float*> out_ptrs(n_tensors);
+    for (size_t t = 0; t < n_tensors; ++t) {
+      geometries[t] = to_geometry(geoms[t]);
+      out_ptrs[t] = ptr<float>(outs[t]);
+    }
+    int32_t bad_tensor = -1, bad_peer = -1;
+    const int status = dk_decompress_many(
+        static_cast<int32_t>(n_tensors), static_cast<int32_t>(indices.size() / n_tensors), index_ptrs.data(),
+        value_ptrs.data(), value_codec, geometries.data(), k_effs.data(), reduce, apply_sign, out_ptrs.data(),
+        threads, &bad_tensor, &bad_peer);
+    return std::make_tuple(status, static_cast<int>(bad_tensor), static_cast<int>(bad_peer));
   }, no_gil);
   m.def("pack_signs", [](uintptr_t values, int64_t n, uintptr_t out, int32_t threads) {
     return dk_pack_signs(ptr<const float>(values), n, ptr<uint8_t>(out), threads);

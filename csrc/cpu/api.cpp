@@ -2,12 +2,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "../include/distro_kernels.h"
 #include "basis.h"
 #include "geometry.h"
 #include "kernels.h"
-#include "validate.h"
 
 namespace {
 
@@ -71,24 +71,32 @@ int dk_demo_step(int32_t n_tensors, float* const* deltas, const void* const* gra
 int dk_decompress(int32_t n_peers, const int32_t* const* indices, const void* const* values,
                   int32_t value_codec, const dk_geometry* g, int32_t k_eff, int32_t reduce,
                   int32_t apply_sign, float* out, int32_t threads, int32_t* bad_peer) {
-  if (n_peers < 0 || !out || !dk::geometry_ok(g) || (n_peers && (!indices || !values)))
-    return DK_ERR_ARGUMENT;
+  int32_t bad_tensor = -1;
+  return dk_decompress_many(1, n_peers, indices, values, value_codec, g, &k_eff, reduce, apply_sign,
+                            &out, threads, &bad_tensor, bad_peer);
+}
+
+int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const* indices,
+                       const void* const* values, int32_t value_codec, const dk_geometry* geoms,
+                       const int32_t* k_effs, int32_t reduce, int32_t apply_sign, float* const* outs,
+                       int32_t threads, int32_t* bad_tensor, int32_t* bad_peer) {
+  if (n_tensors < 1 || n_peers < 0 || !geoms || !k_effs || !outs) return DK_ERR_ARGUMENT;
+  if (n_peers && (!indices || !values)) return DK_ERR_ARGUMENT;
   if (value_codec != DK_VALUES_F32 && value_codec != DK_VALUES_SIGN) return DK_ERR_ARGUMENT;
   if (reduce != DK_REDUCE_MEAN && reduce != DK_REDUCE_SUM_OVER_PEERS) return DK_ERR_ARGUMENT;
-  const int E = g->cm * g->cn;
-  if (n_peers && (k_eff < 1 || k_eff > E)) return DK_ERR_ARGUMENT;
-  const int nt = threads_or_default(threads);
-  for (int p = 0; p < n_peers; ++p) {
-    if (!indices[p] || !values[p]) return DK_ERR_ARGUMENT;
-    const float* f32_values = value_codec == DK_VALUES_F32 ? static_cast<const float*>(values[p]) : nullptr;
-    const int status = dk::validate_peer(indices[p], f32_values, dk::n_chunks(*g), k_eff, E, nt);
-    if (status != DK_OK) {
-      if (bad_peer) *bad_peer = p;
-      return status;
-    }
+  std::vector<int32_t> k_used(n_tensors);
+  for (int t = 0; t < n_tensors; ++t) {
+    if (!dk::geometry_ok(&geoms[t]) || !outs[t]) return DK_ERR_ARGUMENT;
+    const int E = geoms[t].cm * geoms[t].cn;
+    if (n_peers && (k_effs[t] < 1 || k_effs[t] > E)) return DK_ERR_ARGUMENT;
+    k_used[t] = n_peers ? k_effs[t] : 1;
+    for (int p = 0; p < n_peers; ++p)
+      if (!indices[t * n_peers + p] || !values[t * n_peers + p]) return DK_ERR_ARGUMENT;
   }
-  return DK_DISPATCH(decompress, n_peers, indices, values, value_codec, *g, n_peers ? k_eff : 1,
-                     reduce, apply_sign, out, nt);
+  int32_t ignored_tensor = -1, ignored_peer = -1;
+  return DK_DISPATCH(decompress, n_tensors, n_peers, indices, values, value_codec, geoms, k_used.data(),
+                     reduce, apply_sign, outs, threads_or_default(threads),
+                     bad_tensor ? bad_tensor : &ignored_tensor, bad_peer ? bad_peer : &ignored_peer);
 }
 
 int dk_pack_signs(const float* values, int64_t n, uint8_t* out, int32_t threads) {

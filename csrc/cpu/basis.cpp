@@ -13,7 +13,8 @@ void canonical_basis(int c, float* out) {
     const double a = u == 0 ? std::sqrt(1.0 / c) : std::sqrt(2.0 / c);
     for (int i = 0; i < c; ++i) {
       const double exact = a * std::cos(pi * (2.0 * i + 1.0) * u / (2.0 * c));
-      out[u * c + i] = static_cast<float>(std::nearbyint(exact * scale) / scale);
+      // + 0.0 turns a cosine rounded to -0 into +0, so zeros have one canonical bit pattern.
+      out[u * c + i] = static_cast<float>(std::nearbyint(exact * scale) / scale + 0.0);
     }
   }
 }

@@ -154,6 +154,8 @@ const ChunkBases& bases_for(BasesMap& cache, const dk_geometry& g) {
 template <typename Body>
 int for_each_chunk(int64_t total, int max_c, int k, int threads, Body body) {
   int status = DK_OK;
+  // Below ~16 full chunks a parallel region costs more than it saves.
+  if (total * max_c * max_c < 65536) threads = 1;
 #pragma omp parallel num_threads(threads)
   {
     std::unique_ptr<Scratch> scratch;

@@ -1,5 +1,6 @@
 // Kernel entry points, compiled once per instruction set (namespace dk::avx2, dk::generic);
-// api.cpp picks one at run time. Arguments are validated by api.cpp before these run.
+// api.cpp picks one at run time. api.cpp checks the arguments; decompress checks the payload
+// content (SPEC 5) itself, in the same parallel pass as the decode.
 #pragma once
 
 #include <cstdint>
@@ -16,9 +17,10 @@
                 const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,     \
                 int k, int32_t* indices, float* values, int threads);                            \
   int idct(const float* coeffs, const dk_geometry& g, float* x, int threads);                   \
-  int decompress(int n_peers, const int32_t* const* indices, const void* const* values,          \
-                 int value_codec, const dk_geometry& g, int k_eff, int reduce, int apply_sign,   \
-                 float* out, int threads);                                                       \
+  int decompress(int n_tensors, int n_peers, const int32_t* const* indices,                     \
+                 const void* const* values, int value_codec, const dk_geometry* geoms,           \
+                 const int32_t* k_effs, int reduce, int apply_sign, float* const* outs,          \
+                 int threads, int32_t* bad_tensor, int32_t* bad_peer);                           \
   }                                                                                              \
   }
 

@@ -62,6 +62,14 @@ int dk_decompress(int32_t n_peers, const int32_t* const* indices, const void* co
                   int32_t value_codec, const dk_geometry* g, int32_t k_eff, int32_t reduce,
                   int32_t apply_sign, float* out, int32_t threads, int32_t* bad_peer);
 
+/* dk_decompress over n_tensors tensors in one parallel pass (a whole model's payloads).
+ * indices and values hold n_tensors * n_peers pointers, tensor-major: [t * n_peers + p].
+ * On a content error the lowest offending tensor, then peer, is reported. */
+int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const* indices,
+                       const void* const* values, int32_t value_codec, const dk_geometry* geoms,
+                       const int32_t* k_effs, int32_t reduce, int32_t apply_sign, float* const* outs,
+                       int32_t threads, int32_t* bad_tensor, int32_t* bad_peer);
+
 /* Sign bits, LSB-first: value i is bit i % 8 of byte i / 8; bit = signbit. */
 int dk_pack_signs(const float* values, int64_t n, uint8_t* out, int32_t threads);
 int dk_unpack_signs(const uint8_t* packed, int64_t n, float* out, int32_t threads);
