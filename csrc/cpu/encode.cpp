@@ -30,7 +30,7 @@ struct Scratch {
         coeffs(max_c * max_c + 8 * max_c), sent_rows(max_c * max_c + 8 * max_c),
         weights(max_c * max_c + 8 * max_c), half_a(max_c * max_c + 8 * max_c),
         half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8), picked(std::max(k, 1)),
-        sent_row_ids(max_c) {
+        sent_row_ids(2 * max_c) {
     selector.reserve(std::max(k, 1));
   }
 };
@@ -54,11 +54,12 @@ void forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs)
   float* half_a = s.half_a.data();
   float* half_b = s.half_b.data();
   if (b.split_n) {  // partial = [even v | odd v] columns
-    for (int i = 0; i < b.cm; ++i) {
+    for (int i = 0; i < b.cm; ++i) {  // row[j] +- row[cn-1-j], 8 lanes at a time (hn % 8 == 0)
       const float* row = block + i * b.ldn;
-      for (int j = 0; j < b.hn; ++j) {
-        half_a[i * b.hn + j] = row[j] + row[b.cn - 1 - j];
-        half_b[i * b.hn + j] = row[j] - row[b.cn - 1 - j];
+      for (int j = 0; j < b.hn; j += kLanes) {
+        const v8f front = vload(row + j), back = reverse_lanes(vload(row + b.cn - kLanes - j));
+        vstore(half_a + i * b.hn + j, front + back);
+        vstore(half_b + i * b.hn + j, front - back);
       }
     }
     gemm_fma<false>(half_a, b.hn, b.cn_even_cols.data(), b.hn, partial, b.ldn, b.cm, b.hn, b.hn);
@@ -86,20 +87,18 @@ void load_block(const void* x, int32_t dtype, const ChunkSite& site, const Chunk
   for (int i = 0; i < b.cm; ++i) load_row(x, dtype, site.offset + i * site.stride, b.cn, block + i * b.ldn);
 }
 
-// Writes sum over picked (u, v) in rows of one parity of value * C_n[v][:] into `rows`, one
-// row per distinct u (picked is ascending, so a row's coefficients are adjacent).
+// For each distinct row u among the picked coefficients (ascending, so a row's coefficients are
+// adjacent): rows[u][:] = sum over its picked (u, v) of value * C_n[v][:]. Returns the u's.
 int gather_sent_rows(const ChunkBases& b, const int32_t* picked, const float* picked_values, int k,
-                     int parity, float* rows, int* row_ids) {
+                     float* rows, int* row_ids) {
   int n_rows = 0;
   for (int t = 0; t < k;) {
     const int u = picked[t] / b.cn;
-    if (parity >= 0 && (u & 1) != parity) {
-      for (; t < k && picked[t] / b.cn == u; ++t) {}
-      continue;
-    }
-    float* row = rows + n_rows * b.ldn;
-    std::memset(row, 0, sizeof(float) * b.ldn);
-    for (; t < k && picked[t] / b.cn == u; ++t) {
+    float* row = rows + u * b.ldn;
+    const v8f first = vsplat(picked_values[t]);
+    const float* first_basis = b.cn_rows.data() + (picked[t] % b.cn) * b.ldn;
+    for (int q = 0; q < b.ldn; q += kLanes) vstore(row + q, first * vload(first_basis + q));
+    for (++t; t < k && picked[t] / b.cn == u; ++t) {
       const v8f value = vsplat(picked_values[t]);
       const float* basis_row = b.cn_rows.data() + (picked[t] % b.cn) * b.ldn;
       for (int q = 0; q < b.ldn; q += kLanes) vstore(row + q, vfma(value, vload(basis_row + q), vload(row + q)));
@@ -112,26 +111,27 @@ int gather_sent_rows(const ChunkBases& b, const int32_t* picked, const float* pi
 // block -= C_m^T @ S @ C_n, S holding the k picked coefficients (error feedback, SPEC 3).
 void subtract_sent(const ChunkBases& b, const int32_t* picked, const float* picked_values, int k,
                    Scratch& s, float* block) {
-  float* weights = s.weights.data();
-  if (!b.split_m) {
-    float* rows = s.sent_rows.data();
-    const int n_rows = gather_sent_rows(b, picked, picked_values, k, -1, rows, s.sent_row_ids.data());
-    for (int i = 0; i < b.cm; ++i)  // weights[i][r] = -C_m[u_r][i]
-      for (int r = 0; r < n_rows; ++r) weights[i * n_rows + r] = -b.cm_rows[s.sent_row_ids[r] * b.ldm + i];
-    gemm_fma<true>(weights, n_rows, rows, b.ldn, block, b.ldn, b.cm, n_rows, b.ldn);
+  float* rows = s.sent_rows.data();  // row u of S @ C_n, for the picked u only
+  int* row_ids = s.sent_row_ids.data();
+  const int n_rows = gather_sent_rows(b, picked, picked_values, k, rows, row_ids);
+  float* negated = s.weights.data();
+  if (!b.split_m) {  // block[i][:] += sum over u of (-C_m[u][i]) * rows[u][:]
+    for (int i = 0; i < b.cm; ++i)
+      for (int r = 0; r < n_rows; ++r) negated[i * b.ldm + row_ids[r]] = -b.cm_cols[i * b.ldm + row_ids[r]];
+    gemm_fma_terms<true>(negated, b.ldm, rows, b.ldn, block, b.ldn, b.cm, row_ids, n_rows, b.ldn);
     return;
   }
-  // Split: for i < cm/2, E[i] = sum over even u, O[i] = over odd u of C_m[u][i] * R_u; then
-  // block[i] -= E[i] + O[i] and block[cm-1-i] -= E[i] - O[i].
-  float* parts[2] = {s.half_a.data(), s.half_b.data()};
-  for (int parity = 0; parity < 2; ++parity) {
-    float* rows = s.sent_rows.data() + parity * b.hm * b.ldn;
-    const int n_rows = gather_sent_rows(b, picked, picked_values, k, parity, rows, s.sent_row_ids.data());
-    float* w = weights + parity * b.hm * b.hm;
-    for (int i = 0; i < b.hm; ++i)
-      for (int r = 0; r < n_rows; ++r) w[i * n_rows + r] = b.cm_rows[s.sent_row_ids[r] * b.ldm + i];
-    gemm_fma<false>(w, n_rows, rows, b.ldn, parts[parity], b.ldn, b.hm, n_rows, b.ldn);
+  // Split: for i < cm/2, E[i] = sum over even u, O[i] = over odd u of C_m[u][i] * rows[u];
+  // then block[i] -= E[i] + O[i] and block[cm-1-i] -= E[i] - O[i].
+  int* even_ids = row_ids + n_rows;
+  int n_even = 0, n_odd = 0;
+  for (int r = 0; r < n_rows; ++r) {
+    if (row_ids[r] & 1) row_ids[n_odd++] = row_ids[r];
+    else even_ids[n_even++] = row_ids[r];
   }
+  float* parts[2] = {s.half_a.data(), s.half_b.data()};
+  gemm_fma_terms<false>(b.cm_cols.data(), b.ldm, rows, b.ldn, parts[0], b.ldn, b.hm, even_ids, n_even, b.ldn);
+  gemm_fma_terms<false>(b.cm_cols.data(), b.ldm, rows, b.ldn, parts[1], b.ldn, b.hm, row_ids, n_odd, b.ldn);
   for (int i = 0; i < b.hm; ++i)
     for (int q = 0; q < b.ldn; q += kLanes) {
       const v8f even = vload(parts[0] + i * b.ldn + q), odd = vload(parts[1] + i * b.ldn + q);
@@ -231,13 +231,19 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
       prefetch_chunk(grads[t], dtype_bytes(grad_dtypes[t]), next, g.cm, g.cn);
     }
     float* block = s.block.data();
-    // delta = beta * delta + lr * grad
-    load_block(grads[t], grad_dtypes[t], site, b, s.partial.data());
+    // delta = beta * delta + lr * grad, straight from the tensors when rows are whole vectors
+    const v8f beta_v = vsplat(beta), lr_v = vsplat(lr);
+    const bool direct = grad_dtypes[t] == DK_F32 && g.cn % kLanes == 0;
+    if (!direct) load_block(grads[t], grad_dtypes[t], site, b, s.partial.data());
     for (int i = 0; i < g.cm; ++i) {
       const float* old_row = state + site.offset + i * site.stride;
-      const float* grad_row = s.partial.data() + i * b.ldn;
+      const float* grad_row = direct ? static_cast<const float*>(grads[t]) + site.offset + i * site.stride
+                                     : s.partial.data() + i * b.ldn;
       float* row = block + i * b.ldn;
-      for (int j = 0; j < g.cn; ++j) row[j] = beta * old_row[j] + lr * grad_row[j];
+      int j = 0;
+      if (direct)
+        for (; j < g.cn; j += kLanes) vstore(row + j, beta_v * vload(old_row + j) + lr_v * vload(grad_row + j));
+      for (; j < g.cn; ++j) row[j] = beta * old_row[j] + lr * grad_row[j];
     }
     forward(b, block, s, s.coeffs.data());
     const int kk = k_eff[t];
@@ -247,8 +253,14 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
     for (int q = 0; q < kk; ++q)
       out_value[q] = s.coeffs[(out_index[q] / g.cn) * b.ldn + out_index[q] % g.cn];
     subtract_sent(b, out_index, out_value, kk, s, block);
-    for (int i = 0; i < g.cm; ++i)
-      std::memcpy(state + site.offset + i * site.stride, block + i * b.ldn, sizeof(float) * g.cn);
+    for (int i = 0; i < g.cm; ++i) {
+      float* dst = state + site.offset + i * site.stride;
+      const float* src = block + i * b.ldn;
+      if (direct)
+        for (int j = 0; j < g.cn; j += kLanes) vstore(dst + j, vload(src + j));
+      else
+        std::memcpy(dst, src, sizeof(float) * g.cn);
+    }
   });
 }
 

@@ -56,6 +56,47 @@ inline void gemm_fma(const float* A, int lda, const float* B, int ldb, float* C,
   }
 }
 
+// C[r][:] (+)= sum over s of A[r][terms[s]] * B[terms[s]][:] (fused, encode only): a product
+// over a few chosen rows of B, reading A's entries in place instead of gathering them.
+template <int ROWS, int NVB, bool ACCUMULATE>
+inline void fma_terms_block(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                            const int* terms, int n_terms) {
+  v8f acc[ROWS][NVB];
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NVB; ++q) acc[r][q] = ACCUMULATE ? vload(C + r * ldc + q * kLanes) : vzero();
+  for (int s = 0; s < n_terms; ++s) {
+    const int t = terms[s];
+    v8f b[NVB];
+    for (int q = 0; q < NVB; ++q) b[q] = vload(B + t * ldb + q * kLanes);
+    for (int r = 0; r < ROWS; ++r) {
+      const v8f a = vsplat(A[r * lda + t]);
+      for (int q = 0; q < NVB; ++q) acc[r][q] = vfma(a, b[q], acc[r][q]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NVB; ++q) vstore(C + r * ldc + q * kLanes, acc[r][q]);
+}
+
+template <bool ACCUMULATE>
+inline void gemm_fma_terms(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                           int R, const int* terms, int n_terms, int width) {
+  const int nv = width / kLanes;
+  for (int q0 = 0; q0 < nv; q0 += 4) {
+    const int nvb = nv - q0 < 4 ? nv - q0 : 4;
+    for (int r = 0; r < R; r += 2) {
+      const float* a = A + r * lda;
+      const float* b = B + q0 * kLanes;
+      float* c = C + r * ldc + q0 * kLanes;
+      const bool pair = r + 1 < R;
+#define DK_TERMS_CASE(N) \
+  case N: pair ? fma_terms_block<2, N, ACCUMULATE>(a, lda, b, ldb, c, ldc, terms, n_terms) \
+               : fma_terms_block<1, N, ACCUMULATE>(a, lda, b, ldb, c, ldc, terms, n_terms); break;
+      switch (nvb) { DK_TERMS_CASE(1) DK_TERMS_CASE(2) DK_TERMS_CASE(3) default: DK_TERMS_CASE(4) }
+#undef DK_TERMS_CASE
+    }
+  }
+}
+
 template <int ROWS, int NVB>
 inline void exact_block(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                         const int* terms, int n_terms) {

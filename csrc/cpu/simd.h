@@ -57,6 +57,14 @@ inline v8f interleave_hi(v8f e, v8f o) {
 #endif
 }
 
+inline v8f reverse_lanes(v8f v) {
+#if defined(__clang__)
+  return __builtin_shufflevector(v, v, 7, 6, 5, 4, 3, 2, 1, 0);
+#else
+  return __builtin_shuffle(v, v8i{7, 6, 5, 4, 3, 2, 1, 0});
+#endif
+}
+
 inline int round_up_lanes(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
 }  // namespace
