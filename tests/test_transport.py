@@ -1,0 +1,231 @@
+"""In-process transport tests (one process, threads or synchronous steps), the step helper
+``exchange_payloads``, and the package-wide ban on pickle-based APIs."""
+
+from __future__ import annotations
+
+import ast
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+
+import distro_kernels
+from distro_kernels import transport as tp
+from distro_kernels import wire
+from test_wire_helpers import make_payload
+
+LAYOUT = wire.Layout([(128, 64), (100,), (3, 5)], chunk=64, k=8)
+
+
+def run_threads(fns):
+    out, errors = {}, []
+
+    def wrap(r, fn):
+        try:
+            out[r] = fn()
+        except BaseException as e:  # surface thread failures in the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrap, args=(r, fn)) for r, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    return out
+
+
+def test_exchange_all_everyone_gets_everything():
+    net = tp.LocalNetwork(4)
+    sent = {r: bytes([r]) * (10 + r) for r in range(4)}
+    res = net.exchange_all(sent, step=0)
+    for r in range(4):
+        assert dict(res[r]) == sent and res[r].left_out == {}
+        assert list(res[r]) == [0, 1, 2, 3] and res[r].step == 0
+
+
+def test_exchange_all_missing_peer_reported_and_left_out():
+    net = tp.LocalNetwork(4)
+    res = net.exchange_all({0: b"a", 1: b"b", 2: None, 3: b"d"}, step=5)
+    for r in range(4):  # the silent peer still receives the others
+        assert dict(res[r]) == {0: b"a", 1: b"b", 3: b"d"}
+        assert list(res[r].left_out) == [2] and res[r].left_out[2].startswith("missing")
+
+
+def test_threads_with_a_late_peer_agree_on_the_roster():
+    """A peer that posts after the roster is closed is left out by everyone, itself
+    included, so every peer aggregates the same set."""
+    net = tp.LocalNetwork(4, deadline=0.4)
+    roster_key = ["local/1/roster"]
+
+    def peer(r):
+        def run():
+            t = net.transport(r)
+            if r == 2:  # post only after the others closed the step
+                while not net.store.check(roster_key):
+                    time.sleep(0.005)
+            return t.exchange(bytes([r]) * 100, step=1)
+        return run
+
+    out = run_threads([peer(r) for r in range(4)])
+    for r in range(4):
+        assert list(out[r]) == [0, 1, 3]
+        assert list(out[r].left_out) == [2]
+        assert out[r][0] == bytes([0]) * 100
+    assert out[2].left_out[2].startswith("late")
+    assert out[0].left_out[2].startswith(("missing", "late"))
+    for r in (0, 1, 3):
+        assert 0.3 < out[r].elapsed < 3.0  # waited for the deadline, not much longer
+
+
+def test_all_present_step_does_not_wait_for_the_deadline():
+    net = tp.LocalNetwork(3, deadline=20.0)
+    out = run_threads([lambda r=r: net.transport(r).exchange(b"x" * r) for r in range(3)])
+    for r in range(3):
+        assert dict(out[r]) == {0: b"", 1: b"x", 2: b"xx"}
+        assert out[r].elapsed < 5.0
+        assert net.transport(r).next_step == 1  # the internal step counter advanced
+
+
+def test_large_payloads_are_split_into_pieces_and_reassembled():
+    net = tp.LocalNetwork(2, piece_bytes=1000)
+    rng = np.random.default_rng(0)
+    sent = {r: rng.integers(0, 256, 4321 + r, dtype=np.uint8).tobytes() for r in range(2)}
+    res = net.exchange_all(sent, step=0)
+    assert dict(res[0]) == sent and dict(res[1]) == sent
+
+
+def test_oversized_peer_is_left_out_before_its_data_is_read():
+    net = tp.LocalNetwork(3, max_bytes=100)
+    res = net.exchange_all({0: b"a" * 100, 1: b"b" * 101, 2: b"c"}, step=0)
+    assert dict(res[0]) == {0: b"a" * 100, 2: b"c"}
+    assert res[0].left_out[1].startswith("over limit")
+
+
+def test_inconsistent_size_record_is_left_out():
+    net = tp.LocalNetwork(2)
+    t1 = net.transport(1)
+    t1.post(b"hello", 0)
+    t1.store.set("0/size/1", (10**6).to_bytes(8, "little"))  # lies about its size
+    net.transport(0).post(b"x", 0)
+    res = net.transport(0).collect(0, time.monotonic())
+    assert dict(res) == {0: b"x"}
+    assert "data piece" in res.left_out[1]
+
+
+def test_old_steps_are_deleted():
+    net = tp.LocalNetwork(2, retain_steps=2)
+    for step in range(6):
+        net.exchange_all({0: b"a" * 10, 1: b"b"}, step=step)
+    keys = net.store.num_keys()
+    for step in range(6, 12):
+        net.exchange_all({0: b"a" * 10, 1: b"b"}, step=step)
+    assert net.store.num_keys() == keys  # steady state: no growth
+    assert not net.store.check(["local/0/size/0"]) and net.store.check(["local/11/size/0"])
+
+
+def test_exchange_payloads_leaves_out_invalid_payloads_with_their_rule():
+    net = tp.LocalNetwork(4, deadline=2.0)
+    good = {r: make_payload(LAYOUT, "sign", "auto", seed=r, step=9, sender=r) for r in range(4)}
+    impostor = make_payload(LAYOUT, "sign", "auto", seed=5, step=9, sender=0)  # claims 0
+
+    def peer(r):
+        def run():
+            t = net.transport(r)
+            if r == 1:
+                return t.exchange(os.urandom(500), step=9)  # garbage
+            if r == 3:
+                return t.exchange(impostor.to_bytes(), step=9)
+            return tp.exchange_payloads(t, good[r])
+        return run
+
+    out = run_threads([peer(r) for r in range(4)])
+    for r in (0, 2):
+        res = out[r]
+        assert list(res.payloads) == [0, 2]
+        assert res.payloads[0] == good[0] and res.payloads[2] == good[2]
+        assert "BadMagic" in res.left_out[1]
+        assert "WrongSender" in res.left_out[3]
+
+
+def test_exchange_payloads_rejects_other_steps_and_runs():
+    net = tp.LocalNetwork(3)
+    p0 = make_payload(LAYOUT, "f32", "fixed", step=4, sender=0)
+    old = make_payload(LAYOUT, "f32", "fixed", step=3, sender=1).to_bytes()
+    other_run = make_payload(LAYOUT, "f32", "fixed", step=4, sender=2, run_id=1).to_bytes()
+    net.transport(1).post(old, 4)
+    net.transport(2).post(other_run, 4)
+    res = tp.exchange_payloads(net.transport(0), p0)
+    assert list(res.payloads) == [0]
+    assert "WrongStep" in res.left_out[1] and "WrongRun" in res.left_out[2]
+
+
+def test_store_transport_argument_checks():
+    store = dist.HashStore()
+    with pytest.raises(ValueError):
+        tp.StoreTransport(store, 4, 4)
+    with pytest.raises(ValueError):
+        tp.StoreTransport(store, 0, 4, deadline=0)
+    with pytest.raises(ValueError):
+        tp.StoreTransport(store, 0, 4, piece_bytes=16 << 20)
+
+
+def test_unreadable_roster_is_a_transport_error():
+    net = tp.LocalNetwork(2)
+    net.store.set("local/0/roster", b"\xff\xfe")
+    with pytest.raises(tp.TransportError):
+        net.transport(0).exchange(b"x", step=0)
+
+
+# ---------------------------------------------------------------------------- no pickle
+
+FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "marshal", "shelve",
+                     "joblib"}
+FORBIDDEN_NAMES = {"all_gather_object", "broadcast_object_list", "gather_object",
+                   "scatter_object_list", "send_object_list", "recv_object_list",
+                   "all_gather_into_tensor_object"}
+
+
+def _violations(path: str) -> list[str]:
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            bad += [a.name for a in node.names if a.name.split(".")[0] in FORBIDDEN_MODULES]
+        elif isinstance(node, ast.ImportFrom):
+            if (node.module or "").split(".")[0] in FORBIDDEN_MODULES:
+                bad.append(node.module)
+            bad += [a.name for a in node.names if a.name in FORBIDDEN_NAMES]
+        elif isinstance(node, ast.Attribute):
+            if node.attr in FORBIDDEN_NAMES:
+                bad.append(node.attr)
+            # torch.load / torch.serialization.load (pickle underneath)
+            value = node.value
+            if node.attr == "load" and isinstance(value, ast.Name) and value.id == "torch":
+                bad.append("torch.load")
+            if node.attr in FORBIDDEN_MODULES and isinstance(node.value, ast.Name):
+                bad.append(node.attr)
+        elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
+            bad.append(node.id)
+        elif isinstance(node, ast.keyword) and node.arg == "allow_pickle":
+            if not (isinstance(node.value, ast.Constant) and node.value.value is False):
+                bad.append("allow_pickle")
+    return [f"{path}:{name}" for name in bad]
+
+
+def test_no_pickle_anywhere_in_the_package(tmp_path):
+    """No pickle, torch.load or *_object collectives in any module of the package (the AST,
+    so docstrings that mention them do not count)."""
+    root = os.path.dirname(distro_kernels.__file__)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".py")]
+    assert any(f.endswith(os.path.join("transport", "store.py")) for f in files)
+    bad = [v for f in files for v in _violations(f)]
+    assert bad == []
+    # the checker itself works
+    probe = tmp_path / "probe.py"
+    probe.write_text("import pickle\nimport torch.distributed as d\nd.all_gather_object([], 1)\n"
+                     "import torch\ntorch.load('x')\n")
+    assert len(_violations(str(probe))) == 3
