@@ -90,6 +90,23 @@ def _checked_unpack(packed, n):
         raise ValueError(f"n={n} does not fit in {packed.numel()} bytes")
 
 
+_CODEC_DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def _codec_values(values_list: list[Tensor], value_codec: str) -> list[Tensor]:
+    """``bf16``/``f16`` values are what that format can carry: round (to nearest even) first,
+    so a float32 tensor decodes exactly as it would after a trip through the wire."""
+    dtype = _CODEC_DTYPES.get(value_codec)
+    return values_list if dtype is None else [v.to(dtype) for v in values_list]
+
+
+def _check_peer_tensors(indices_list, values_list) -> None:
+    """Before dispatch: the dispatcher's own message for a non-tensor names no peer."""
+    for peer, (indices, values) in enumerate(zip(indices_list, values_list)):
+        if not isinstance(indices, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise TypeError(f"peer {peer}: indices and values must be torch.Tensors")
+
+
 def _as_float(x: Tensor) -> Tensor:
     """Integer or float64 inputs are converted (``pack_signs`` reads only the sign)."""
     return x if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else x.float()
@@ -177,7 +194,8 @@ def _decompress_op(
     device = indices_list[0].device if indices_list else torch.device("cpu")
     module = backends.resolve(backend, device)
     return module.decompress(
-        [i.contiguous() for i in indices_list], [v.contiguous() for v in values_list],
+        [i.contiguous() for i in indices_list],
+        [v.contiguous() for v in _codec_values(values_list, value_codec)],
         plan, reduce, value_codec, sign,
     )
 
@@ -228,6 +246,7 @@ def _decompress_many_op(
     )
     device = indices[0].device if indices else torch.device("cpu")
     module = backends.resolve(backend, device)
+    values_lists = [_codec_values(values, value_codec) for values in values_lists]
     return module.decompress_many(indices_lists, values_lists, plans, reduce, value_codec, sign)
 
 
@@ -297,8 +316,10 @@ def decompress(
     """SPEC section 4: aggregate P peers (list order) and run the canonical inverse DCT.
 
     Bit-identical on every backend. ``value_codec="sign"`` takes each peer's values as the
-    uint8 output of :func:`pack_signs`. ``sign=True`` returns ``sign(y)`` (DeMo's update).
+    uint8 output of :func:`pack_signs`; ``"bf16"``/``"f16"`` round float values to that format
+    first. ``sign=True`` returns ``sign(y)`` (DeMo's update).
     """
+    _check_peer_tensors(indices_list, values_list)
     return _decompress_op(
         list(indices_list), list(values_list), [int(d) for d in shape], chunk, reduce,
         value_codec, sign, policy, backend,
@@ -322,6 +343,10 @@ def decompress_many(
     for tensor, peers in enumerate(indices_per_tensor):
         if len(peers) != n_peers or len(values_per_tensor[tensor]) != n_peers:
             raise ValueError(f"tensor {tensor} has {len(peers)} peers, tensor 0 has {n_peers}")
+        try:
+            _check_peer_tensors(peers, values_per_tensor[tensor])
+        except TypeError as error:
+            raise TypeError(f"tensor {tensor}: {error}") from None
     shapes = [[int(d) for d in shape] if len(shape) else [] for shape in shapes]
     return _decompress_many_op(
         [i for peers in indices_per_tensor for i in peers],
