@@ -21,6 +21,11 @@ from .ops import (
     unpack_signs,
 )
 
+try:  # optional Triton backend: registers "triton" for CUDA tensors when Triton imports
+    from . import triton as _triton_backend  # noqa: F401
+except Exception:  # never let an optional backend break the import; info() records why
+    pass
+
 __all__ = [
     "__version__",
     "ChunkPlan",

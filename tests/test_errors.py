@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import distro_kernels as dk
+from distro_kernels import backends
 from conftest import BACKENDS, HAS_CPU
 
 ops = torch.ops.distro_kernels
@@ -300,7 +301,7 @@ def test_unknown_backend():
     assert not torch.any(delta)
 
 
-@pytest.mark.parametrize("name", [n for n in ("triton", "cuda", "cpu") if n not in BACKENDS])
+@pytest.mark.parametrize("name", [n for n in ("triton", "cuda", "cpu") if n not in backends.available()])
 def test_backend_not_available(name):
     x = torch.randn(8, 8)
     err = _raises(RuntimeError, f"backend '{name}' is not available", dk.dct, x, 8, backend=name)
@@ -311,6 +312,13 @@ def test_backend_not_available(name):
     delta = torch.zeros(8, 8)
     _raises(RuntimeError, "is not available", dk.demo_step_, delta, x, backend=name)
     assert not torch.any(delta)
+
+
+@pytest.mark.skipif("triton" not in backends.available(), reason="triton is not installed")
+def test_triton_refuses_cpu_tensors():
+    """Triton registers for CUDA tensors; asked to run on CPU tensors it says so."""
+    _raises(ValueError, "backend 'triton' does not run on cpu tensors", dk.dct, torch.randn(8, 8), 8,
+            backend="triton")
 
 
 @pytest.mark.skipif(not HAS_CPU, reason="needs the cpu backend")
