@@ -105,7 +105,7 @@ int for_each_chunk(int64_t total, int cm, int ldn, int max_touched, int threads,
 #pragma omp atomic write
       status = DK_ERR_ALLOC;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)  // dynamic: a preempted thread does not stall the pass
     for (int64_t c = 0; c < total; ++c)
       if (scratch) body(*scratch, c);
   }

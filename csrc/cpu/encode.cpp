@@ -165,7 +165,7 @@ int for_each_chunk(int64_t total, int max_c, int k, int threads, Body body) {
 #pragma omp atomic write
       status = DK_ERR_ALLOC;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 16)  // dynamic: a preempted thread does not stall the pass
     for (int64_t c = 0; c < total; ++c)
       if (scratch) body(*scratch, c);
   }
@@ -225,7 +225,7 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
     const ChunkBases& b = *bases[t];
     const ChunkSite site = chunk_site(g, c);
     float* state = deltas[t];
-    if (c + 1 < n_chunks(g)) {  // the next chunk of this thread (static schedule) is c + 1
+    if (c + 1 < n_chunks(g)) {  // chunks come in runs of 16 per thread: c + 1 is usually next
       const ChunkSite next = chunk_site(g, c + 1);
       prefetch_chunk(state, 4, next, g.cm, g.cn);
       prefetch_chunk(grads[t], dtype_bytes(grad_dtypes[t]), next, g.cm, g.cn);

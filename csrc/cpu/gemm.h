@@ -77,22 +77,27 @@ inline void fma_terms_block(const float* A, int lda, const float* B, int ldb, fl
     for (int q = 0; q < NVB; ++q) vstore(C + r * ldc + q * kLanes, acc[r][q]);
 }
 
+template <int NVB, bool ACCUMULATE>
+inline void fma_terms_rows(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int R,
+                           const int* terms, int n_terms) {
+  int r = 0;
+  for (; r + 2 <= R; r += 2)
+    fma_terms_block<2, NVB, ACCUMULATE>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, terms, n_terms);
+  if (r < R) fma_terms_block<1, NVB, ACCUMULATE>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, terms, n_terms);
+}
+
 template <bool ACCUMULATE>
 inline void gemm_fma_terms(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                            int R, const int* terms, int n_terms, int width) {
   const int nv = width / kLanes;
   for (int q0 = 0; q0 < nv; q0 += 4) {
-    const int nvb = nv - q0 < 4 ? nv - q0 : 4;
-    for (int r = 0; r < R; r += 2) {
-      const float* a = A + r * lda;
-      const float* b = B + q0 * kLanes;
-      float* c = C + r * ldc + q0 * kLanes;
-      const bool pair = r + 1 < R;
-#define DK_TERMS_CASE(N) \
-  case N: pair ? fma_terms_block<2, N, ACCUMULATE>(a, lda, b, ldb, c, ldc, terms, n_terms) \
-               : fma_terms_block<1, N, ACCUMULATE>(a, lda, b, ldb, c, ldc, terms, n_terms); break;
-      switch (nvb) { DK_TERMS_CASE(1) DK_TERMS_CASE(2) DK_TERMS_CASE(3) default: DK_TERMS_CASE(4) }
-#undef DK_TERMS_CASE
+    const float* b = B + q0 * kLanes;
+    float* c = C + q0 * kLanes;
+    switch (nv - q0 < 4 ? nv - q0 : 4) {
+      case 1: fma_terms_rows<1, ACCUMULATE>(A, lda, b, ldb, c, ldc, R, terms, n_terms); break;
+      case 2: fma_terms_rows<2, ACCUMULATE>(A, lda, b, ldb, c, ldc, R, terms, n_terms); break;
+      case 3: fma_terms_rows<3, ACCUMULATE>(A, lda, b, ldb, c, ldc, R, terms, n_terms); break;
+      default: fma_terms_rows<4, ACCUMULATE>(A, lda, b, ldb, c, ldc, R, terms, n_terms); break;
     }
   }
 }

@@ -14,7 +14,7 @@ process group (``default_transport(deadline=...)`` configures it on first use).
 
 Every transport has ``rank``, ``world_size``, ``exchange(payload_bytes, step=None) ->
 {peer_id: bytes}`` (an :class:`ExchangeResult`, own bytes included) and ``left_out``.
-No pickle anywhere: bytes travel as store values or uint8 tensors.
+Nothing code-executing is deserialised: bytes travel as store values or uint8 tensors.
 """
 
 from .default import default_transport, exchange, reset_default_transport
