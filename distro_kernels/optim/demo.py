@@ -1,0 +1,271 @@
+"""``DeMo``: a drop-in ``torch.optim.Optimizer`` for DeMo / DisTrO-style training.
+
+Per step (SPEC sections 3-4), for the whole model at once:
+
+1. encode: ``delta = decay * delta + lr * grad``; per-chunk top-k of ``DCT(delta)``;
+   ``delta -= IDCT(sent)`` (:func:`distro_kernels.demo_step_many_`, one fused call per group);
+2. one payload of every tensor's ``(indices, values)`` (the wire format), exchanged with the
+   peers through a transport (``exchange(bytes) -> {peer: bytes}``);
+3. decode: every payload, this peer's own included, parsed from its bytes and aggregated in
+   ascending peer id (SPEC 4, bit-exact on every backend), so all peers get the same update;
+4. sign-SGD with decoupled weight decay, as DeMo: ``p *= 1 - lr * wd``; ``p -= lr * sign(.)``.
+
+The momentum ``delta`` is float32 whatever the parameter dtype and lives in ``state_dict()``.
+Step in two halves with :meth:`DeMo.prepare` and :meth:`DeMo.apply` to drive the exchange
+yourself (e.g. several simulated peers in one thread).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from . import _wire
+from .transports import default_transport
+
+VALUE_CODECS = ("f32", "bf16", "f16", "sign")
+
+
+@dataclass
+class StepReport:
+    """What one step sent and received, and which peers it used or left out (and why)."""
+
+    step: int
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    peers: list[int] = field(default_factory=list)
+    left_out: dict[int, str] = field(default_factory=dict)
+
+
+class DeMo(torch.optim.Optimizer):
+    """DeMo (Peng, Quesnelle, Kingma 2024) on ``distro_kernels``' kernels.
+
+    Signature and defaults follow DeMo's ``demo.py``; ``lr`` defaults to SGD's 1e-3 as there
+    (sign-SGD usually wants more). Ours: ``value_codec`` (``"f32"`` as DeMo, ``"sign"``, one
+    bit per value, or ``"bf16"``/``"f16"``), ``transport`` (default: the project's
+    ``StoreTransport`` on ``process_group`` if ``torch.distributed`` is initialized, else a
+    single peer), ``backend`` (``"auto"``, ``"reference"``, ``"cpu"``), ``run_id`` (int < 2**128,
+    16 bytes or a UUID; all peers of a run must agree, payloads of other runs are rejected),
+    ``max_payload_bytes`` (default: the largest valid payload for the model), ``deadline``
+    (seconds per exchange for the default transport), ``sign`` (``True`` as DeMo: the
+    update is ``sign`` of the decoded aggregate; ``False`` applies the aggregate itself).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict],
+        lr: float = 1e-3,
+        compression_decay: float = 0.999,
+        compression_topk: int = 32,
+        compression_chunk: int = 64,
+        weight_decay: float = 0.0,
+        process_group=None,
+        *,
+        value_codec: str = "f32",
+        transport=None,
+        backend: str = "auto",
+        run_id=0,
+        max_payload_bytes: int | None = None,
+        sign: bool = True,
+        deadline: float = 30.0,
+    ):
+        if not lr >= 0.0:
+            raise ValueError(f"invalid learning rate {lr}")
+        if not 0.0 <= compression_decay <= 1.0:
+            raise ValueError(f"compression_decay must be in [0, 1], got {compression_decay}")
+        if int(compression_topk) < 1 or int(compression_chunk) < 1:
+            raise ValueError("compression_topk and compression_chunk must be >= 1")
+        if value_codec not in VALUE_CODECS:
+            raise ValueError(f"value_codec must be one of {VALUE_CODECS}, got {value_codec!r}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+        self.compression_decay = float(compression_decay)
+        self.compression_topk = int(compression_topk)
+        self.compression_chunk = int(compression_chunk)
+        self.value_codec = value_codec
+        self.backend = backend
+        self.run_id = run_id
+        self.max_payload_bytes = max_payload_bytes
+        self.sign = bool(sign)
+        self.deadline = float(deadline)
+        self.process_group = process_group
+        self._transport = transport
+        self._params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        if not self._params:
+            raise ValueError("DeMo got no parameters that require grad")
+        self._layout = _wire.WireLayout(
+            [tuple(p.shape) for p in self._params], self.compression_chunk, self.compression_topk,
+            value_codec, self.run_id, self.max_payload_bytes,
+        )
+        self._step = 0
+        self._pending: bytes | None = None
+        self.last_report: StepReport | None = None
+        self.total_bytes_sent = 0
+        self.total_bytes_received = 0
+        # DeMo's own names for the last step's byte counts
+        self.data_transmit = 0
+        self.data_receive = 0
+
+    # ------------------------------------------------------------------ transport and state
+
+    @property
+    def transport(self):
+        if self._transport is None:
+            self._transport = default_transport(self.process_group, self.deadline)
+        return self._transport
+
+    @property
+    def rank(self) -> int:
+        return int(self.transport.rank)
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far (the next payload carries this number)."""
+        return self._step
+
+    def max_payload_bytes_for_layout(self) -> int:
+        """The largest valid payload for this model and codec (payloads vary with the
+        index coding; ``last_report.bytes_sent`` is the real size of the last one)."""
+        return self._layout.max_payload_bytes()
+
+    def _delta(self, p: Tensor) -> Tensor:
+        state = self.state[p]
+        if "delta" not in state:
+            state["delta"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+        return state["delta"]
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["demo"] = {"step": self._step}
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch casts state tensors to the parameter's dtype; the momentum stays float32.
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        deltas = {i: state_dict["state"][i]["delta"] for i in saved_ids
+                  if i in state_dict["state"] and "delta" in state_dict["state"][i]}
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            if saved_id in deltas:
+                delta = deltas[saved_id]
+                if delta.dtype != torch.float32 or tuple(delta.shape) != tuple(p.shape):
+                    raise ValueError(f"saved delta {tuple(delta.shape)} {delta.dtype} does not "
+                                     f"match parameter {tuple(p.shape)} (float32 expected)")
+                self.state[p]["delta"] = delta.to(device=p.device, copy=True).contiguous()
+        self._step = int(state_dict.get("demo", {}).get("step", 0))
+        self._pending = None
+
+    # ------------------------------------------------------------------ the step, in two halves
+
+    @torch.no_grad()
+    def prepare(self) -> bytes:
+        """Encode this peer's gradients into its payload for this step (updates the momentum)."""
+        if self._pending is not None:
+            raise RuntimeError("prepare() called twice without apply()")
+        indices: list[Tensor] = []
+        values: list[Tensor] = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.requires_grad]
+            if not params:
+                continue
+            deltas = [self._delta(p) for p in params]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            idx, val = ops.demo_step_many_(
+                deltas, grads, self.compression_decay, group["lr"], self.compression_topk,
+                self.compression_chunk, backend=self.backend,
+            )
+            indices.extend(idx)
+            values.extend(val)
+        self._pending = self._layout.encode(self._step, self.rank, indices, values)
+        return self._pending
+
+    @torch.no_grad()
+    def apply(self, received: Mapping[int, bytes]) -> StepReport:
+        """Decode the peers' payloads (ascending id) and apply sign-SGD + weight decay.
+
+        ``received``: ``{peer_id: bytes}`` of this step, this peer's own bytes included (as
+        the exchange returned them); invalid payloads are left out and reported."""
+        if self._pending is None:
+            raise RuntimeError("apply() called before prepare()")
+        own, self._pending = self._pending, None
+        report = StepReport(step=self._step, bytes_sent=len(own))
+        # Exactly what the exchange delivered, own bytes included: a transport may leave this
+        # peer out of a step (e.g. it missed the deadline), and then every peer's aggregate,
+        # this one's too, is the one without it.
+        left_out = dict(getattr(received, "left_out", None) or {})
+        decoded = []
+        for peer in sorted(received):
+            data = received[peer]
+            if peer != self.rank:
+                report.bytes_received += len(data)
+            try:
+                idx, val, _ = self._layout.decode(data, self._step, peer)
+            except _wire.PayloadError as exc:
+                left_out[peer] = f"{type(exc).__name__}: {exc}"
+                continue
+            decoded.append((peer, idx, val))
+        report.peers = [peer for peer, _, _ in decoded]
+        for peer in range(int(getattr(self.transport, "world_size", 1))):
+            if peer not in received and peer not in left_out:
+                left_out[peer] = "missing"
+        report.left_out = dict(sorted(left_out.items()))
+
+        n_tensors = len(self._params)
+        if decoded:  # one model-wide decode: every tensor, peers in ascending id
+            updates = ops.decompress_many(
+                [[d[1][t] for d in decoded] for t in range(n_tensors)],
+                [[d[2][t] for d in decoded] for t in range(n_tensors)],
+                [tuple(p.shape) for p in self._params], self.compression_chunk, reduce="mean",
+                value_codec="sign" if self.value_codec == "sign" else "f32", sign=self.sign,
+                backend=self.backend,
+            )
+        else:  # nobody's payload made the step (own included): no update, as a zero grad
+            updates = [torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                       for p in self._params]
+        t = 0
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if not p.requires_grad:
+                    continue
+                update = updates[t].to(device=p.device, dtype=p.dtype)
+                t += 1
+                if p.grad is None:
+                    p.grad = update
+                else:
+                    p.grad.copy_(update)
+                if wd != 0.0:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(p.grad, alpha=-lr)
+
+        self._step += 1
+        self.last_report = report
+        self.data_transmit, self.data_receive = report.bytes_sent, report.bytes_received
+        self.total_bytes_sent += report.bytes_sent
+        self.total_bytes_received += report.bytes_received
+        return report
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """One DeMo step: encode, exchange through the transport, decode, apply."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        payload = self.prepare()
+        self.apply(self._exchange(payload))
+        return loss
+
+    def _exchange(self, payload: bytes):
+        exchange = self.transport.exchange
+        try:
+            params = inspect.signature(exchange).parameters.values()
+            takes_step = any(p.name == "step" or p.kind == p.VAR_KEYWORD for p in params)
+        except (TypeError, ValueError):
+            takes_step = False
+        return exchange(payload, step=self._step) if takes_step else exchange(payload)
