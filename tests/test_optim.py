@@ -362,3 +362,9 @@ def test_step_with_no_payload_applies_only_weight_decay():
     report = opt.apply({})  # this peer was left out of the step (e.g. missed the deadline)
     assert report.peers == [] and 0 in report.left_out
     assert torch.equal(params[0].detach(), before * (1 - 0.1 * 0.5))
+
+
+def test_layout_is_fixed_after_construction():
+    opt = DeMo(_make_params([(8, 8)]), backend="reference")
+    with pytest.raises(RuntimeError):
+        opt.add_param_group({"params": _make_params([(4,)])})

@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise SystemExit("--plot needs matplotlib: pip install matplotlib")
+            raise SystemExit("--plot needs matplotlib: pip install matplotlib (or the [plot] extra)")
     progress = Progress(enabled=not args.no_progress)
     print(f"training {', '.join(cfg.methods)} on {cfg.peers} peer processes "
           f"({cfg.steps} steps each)...", file=sys.stderr)

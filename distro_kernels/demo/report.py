@@ -117,7 +117,7 @@ def plot(s: dict, path: str) -> None:
     except ImportError as exc:
         raise SystemExit(
             "--plot needs matplotlib: pip install matplotlib "
-            "(or pip install 'distro_kernels[demo]')") from exc
+            "(or pip install 'distro_kernels[plot]')") from exc
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {"demo": "tab:blue", "baseline": "tab:orange"}
     labels = {"demo": "DeMo", "baseline": "AdamW + all-reduce"}

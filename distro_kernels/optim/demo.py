@@ -110,6 +110,12 @@ class DeMo(torch.optim.Optimizer):
         self.data_transmit = 0
         self.data_receive = 0
 
+    def add_param_group(self, param_group: dict) -> None:
+        if hasattr(self, "_layout"):  # the payload layout (every tensor's shape) is fixed
+            raise RuntimeError("DeMo's payload layout is fixed at construction; pass every "
+                               "parameter group to the constructor")
+        super().add_param_group(param_group)
+
     # ------------------------------------------------------------------ transport and state
 
     @property
