@@ -1,6 +1,7 @@
 // The C ABI (distro_kernels.h): argument checks, then the kernel set for this CPU.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -11,16 +12,38 @@
 
 namespace {
 
+// DISTRO_KERNELS_CPU_VARIANT=generic|avx2 caps the kernel set (tests run every set this way).
+const char* variant_cap() {
+  static const char* cap = std::getenv("DISTRO_KERNELS_CPU_VARIANT");
+  return cap ? cap : "";
+}
+
 bool cpu_has_avx2() {
 #if defined(DK_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = std::strcmp(variant_cap(), "generic") != 0 &&
+                          __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 #else
   return false;
 #endif
 }
 
-#if defined(DK_HAVE_AVX2_KERNELS)
+bool cpu_has_avx512() {
+#if defined(DK_HAVE_AVX512_KERNELS) && (defined(__x86_64__) || defined(__i386__))
+  static const bool has = cpu_has_avx2() && std::strcmp(variant_cap(), "avx2") != 0 &&
+                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq");
+  return has;
+#else
+  return false;
+#endif
+}
+
+#if defined(DK_HAVE_AVX512_KERNELS)
+#define DK_DISPATCH(fn, ...)                                                       \
+  (cpu_has_avx512() ? dk::avx512::fn(__VA_ARGS__)                                  \
+   : cpu_has_avx2() ? dk::avx2::fn(__VA_ARGS__) : dk::generic::fn(__VA_ARGS__))
+#elif defined(DK_HAVE_AVX2_KERNELS)
 #define DK_DISPATCH(fn, ...) (cpu_has_avx2() ? dk::avx2::fn(__VA_ARGS__) : dk::generic::fn(__VA_ARGS__))
 #else
 #define DK_DISPATCH(fn, ...) dk::generic::fn(__VA_ARGS__)
@@ -132,6 +155,8 @@ const char* dk_status_string(int32_t status) {
   }
 }
 
-const char* dk_kernel_variant(void) { return cpu_has_avx2() ? "avx2" : "generic"; }
+const char* dk_kernel_variant(void) {
+  return cpu_has_avx512() ? "avx512" : cpu_has_avx2() ? "avx2" : "generic";
+}
 
 }  // extern "C"

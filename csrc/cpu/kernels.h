@@ -1,4 +1,4 @@
-// Kernel entry points, compiled once per instruction set (namespace dk::avx2, dk::generic);
+// Kernel entry points, compiled once per instruction set (dk::avx512, dk::avx2, dk::generic);
 // api.cpp picks one at run time. api.cpp checks the arguments; decompress checks the payload
 // content (SPEC 5) itself, in the same parallel pass as the decode.
 #pragma once
@@ -24,5 +24,6 @@
   }                                                                                              \
   }
 
+DK_DECLARE_KERNELS(avx512)
 DK_DECLARE_KERNELS(avx2)
 DK_DECLARE_KERNELS(generic)
