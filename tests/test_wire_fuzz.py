@@ -4,7 +4,7 @@ hostile sender can always make the digest match). The parser may only ever raise
 ``PayloadError`` subclasses, and whatever it accepts must satisfy every content rule.
 
 Examples per run: ``DISTRO_WIRE_FUZZ_EXAMPLES`` (default 2000; the recorded 10,000-example
-run is in benchmarks/RESULTS_wire.md).
+run is in benchmarks/RESULTS.md ("Wire format and transport")).
 """
 
 from __future__ import annotations

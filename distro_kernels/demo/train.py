@@ -41,7 +41,7 @@ class DemoConfig:
     context: int = 64
     batch: int = 16
     # DeMo. Measured on the default model (2 cores, 4 peers, 300 steps; benchmarks/
-    # RESULTS_demo.md): smaller chunks at the same kept fraction and a shorter momentum help
+    # RESULTS.md, "The demo"): smaller chunks at the same kept fraction and a shorter momentum help
     # this short run; DeMo's own defaults (k=32, chunk=64, decay 0.999) reach a higher loss.
     k: int = 16
     chunk: int = 32

@@ -21,7 +21,7 @@ TILE_MAX = 64  # largest chunk dim with a Triton kernel (register/shared-memory 
 ROWS_TILE = 2048  # elements per program tile in one-row-chunk mode (R * BN)
 WARPS_LARGE, WARPS_SMALL = 8, 4  # warps for 4096-element tiles, and for smaller ones
 # Warps of the encoder's 64x64 tile per vendor, and of its one-row-chunk tile (R x 64):
-# chosen by the compile gate (no spills; see benchmarks/RESULTS_triton.md).
+# chosen by the compile gate (no spills; see benchmarks/RESULTS.md, "Triton backend").
 ENCODE_WARPS_LARGE = {"cuda": 8, "hip": 4}
 ENCODE_WARPS_ROWS = 8
 # The encoder's fp32 products: "ieee" (default: plain fp32, SPEC 6's fp32 bar) or "tf32x3"
