@@ -14,6 +14,7 @@
 #include "gemm.h"
 #include "geometry.h"
 #include "kernels.h"
+#include "parallel.h"
 #include "scratch.h"
 
 namespace dk {
@@ -91,25 +92,10 @@ void store_chunk(const ChunkBases& b, const ChunkSite& site, bool nonzero, bool 
   }
 }
 
+// This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
 int for_each_chunk(int64_t total, int cm, int ldn, int max_touched, int threads, Body body) {
-  int status = DK_OK;
-  // Below ~64k elements a parallel region costs more than it saves.
-  if (total * cm * ldn < 65536) threads = 1;
-#pragma omp parallel num_threads(threads)
-  {
-    std::unique_ptr<Scratch> scratch;
-    try {
-      scratch.reset(new Scratch(cm, ldn, max_touched));
-    } catch (const std::bad_alloc&) {
-#pragma omp atomic write
-      status = DK_ERR_ALLOC;
-    }
-#pragma omp for schedule(dynamic, 16)  // dynamic: a preempted thread does not stall the pass
-    for (int64_t c = 0; c < total; ++c)
-      if (scratch) body(*scratch, c);
-  }
-  return status;
+  return dk::for_each_chunk(total, static_cast<int64_t>(cm) * ldn, threads, [&] { return std::unique_ptr<Scratch>(new Scratch(cm, ldn, max_touched)); }, body);
 }
 
 }  // namespace

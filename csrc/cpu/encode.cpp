@@ -13,6 +13,7 @@
 #include "gemm.h"
 #include "geometry.h"
 #include "kernels.h"
+#include "parallel.h"
 #include "scratch.h"
 #include "select.h"
 
@@ -151,25 +152,10 @@ const ChunkBases& bases_for(BasesMap& cache, const dk_geometry& g) {
 }
 
 // Runs body(scratch, chunk) over every chunk in parallel; returns DK_ERR_ALLOC on failure.
+// This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
 int for_each_chunk(int64_t total, int max_c, int k, int threads, Body body) {
-  int status = DK_OK;
-  // Below ~16 full chunks a parallel region costs more than it saves.
-  if (total * max_c * max_c < 65536) threads = 1;
-#pragma omp parallel num_threads(threads)
-  {
-    std::unique_ptr<Scratch> scratch;
-    try {
-      scratch.reset(new Scratch(max_c, k));
-    } catch (const std::bad_alloc&) {
-#pragma omp atomic write
-      status = DK_ERR_ALLOC;
-    }
-#pragma omp for schedule(dynamic, 16)  // dynamic: a preempted thread does not stall the pass
-    for (int64_t c = 0; c < total; ++c)
-      if (scratch) body(*scratch, c);
-  }
-  return status;
+  return dk::for_each_chunk(total, static_cast<int64_t>(max_c) * max_c, threads, [&] { return std::unique_ptr<Scratch>(new Scratch(max_c, k)); }, body);
 }
 
 }  // namespace
