@@ -145,9 +145,50 @@ inline void fma_terms_rows(const float* A, int lda, const float* B, int ldb, flo
   if (r < R) fma_terms_block<1, NVB, ACCUMULATE>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, terms, n_terms);
 }
 
+#if defined(__AVX512F__)
+template <int ROWS, int NVB, bool ACCUMULATE>
+inline void fma_terms_block16(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                              const int* terms, int n_terms) {
+  v16f acc[ROWS][NVB];
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NVB; ++q) acc[r][q] = ACCUMULATE ? vload16(C + r * ldc + q * 16) : v16f{};
+  for (int s = 0; s < n_terms; ++s) {
+    const int t = terms[s];
+    v16f b[NVB];
+    for (int q = 0; q < NVB; ++q) b[q] = vload16(B + t * ldb + q * 16);
+    for (int r = 0; r < ROWS; ++r) {
+      const v16f a = (v16f)_mm512_set1_ps(A[r * lda + t]);
+      for (int q = 0; q < NVB; ++q) acc[r][q] = (v16f)_mm512_fmadd_ps((__m512)a, (__m512)b[q], (__m512)acc[r][q]);
+    }
+  }
+  for (int r = 0; r < ROWS; ++r)
+    for (int q = 0; q < NVB; ++q) vstore16(C + r * ldc + q * 16, acc[r][q]);
+}
+
+template <int NVB, bool ACCUMULATE>
+inline void fma_terms_rows16(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
+                             int R, const int* terms, int n_terms) {
+  int r = 0;
+  for (; r + 4 <= R; r += 4)
+    fma_terms_block16<4, NVB, ACCUMULATE>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, terms, n_terms);
+  for (; r < R; ++r)
+    fma_terms_block16<1, NVB, ACCUMULATE>(A + r * lda, lda, B, ldb, C + r * ldc, ldc, terms, n_terms);
+}
+#endif
+
 template <bool ACCUMULATE>
 inline void gemm_fma_terms(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                            int R, const int* terms, int n_terms, int width) {
+#if defined(__AVX512F__)
+  if (width % 16 == 0 && width <= 64) {
+    switch (width / 16) {
+      case 1: return fma_terms_rows16<1, ACCUMULATE>(A, lda, B, ldb, C, ldc, R, terms, n_terms);
+      case 2: return fma_terms_rows16<2, ACCUMULATE>(A, lda, B, ldb, C, ldc, R, terms, n_terms);
+      case 3: return fma_terms_rows16<3, ACCUMULATE>(A, lda, B, ldb, C, ldc, R, terms, n_terms);
+      default: return fma_terms_rows16<4, ACCUMULATE>(A, lda, B, ldb, C, ldc, R, terms, n_terms);
+    }
+  }
+#endif
   const int nv = width / kLanes;
   for (int q0 = 0; q0 < nv; q0 += 4) {
     const float* b = B + q0 * kLanes;
