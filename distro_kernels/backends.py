@@ -30,7 +30,7 @@ if cpu_ext is not None:
 
     _available["cpu"] = (cpu_backend, ("cpu",))
 else:
-    unavailable["cpu"] = f"compiled extension not importable ({CPU_EXT_ERROR})"
+    unavailable["cpu"] = CPU_EXT_ERROR
 
 
 def register(name: str, module: ModuleType, device_types: tuple[str, ...]) -> None:

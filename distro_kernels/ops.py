@@ -107,6 +107,13 @@ def _check_peer_tensors(indices_list, values_list) -> None:
             raise TypeError(f"peer {peer}: indices and values must be torch.Tensors")
 
 
+def _require_tensor(name: str, x) -> None:
+    """Public functions only catch non-tensors (the dispatcher's message names no argument);
+    every other check runs once, in the op body."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+
+
 def _as_float(x: Tensor) -> Tensor:
     """Integer or float64 inputs are converted (``pack_signs`` reads only the sign)."""
     return x if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else x.float()
@@ -284,7 +291,7 @@ def _(packed, n, backend):
 
 def dct(x: Tensor, chunk: int = 64, *, policy: str = "divisor", backend: str = "auto") -> Tensor:
     """Chunked orthonormal DCT-II of ``x`` -> float32 ``(n_chunks, E)`` in SPEC chunk order."""
-    check_float("x", x)
+    _require_tensor("x", x)
     return _dct_op(x, chunk, policy, backend)
 
 
@@ -293,7 +300,7 @@ def idct(
     backend: str = "auto",
 ) -> Tensor:
     """Inverse of :func:`dct` with SPEC 4.3's canonical folds (bit-identical on every backend)."""
-    check_float("coeffs", coeffs)
+    _require_tensor("coeffs", coeffs)
     return _idct_op(coeffs, [int(d) for d in shape], chunk, policy, backend)
 
 
@@ -304,7 +311,7 @@ def compress(
 
     ``indices``: int32 ``(n_chunks, k_eff)``, ascending per chunk; ``values``: float32.
     """
-    check_float("x", x)
+    _require_tensor("x", x)
     return _compress_op(x, k, chunk, policy, backend)
 
 
@@ -358,14 +365,13 @@ def decompress_many(
 
 def pack_signs(values: Tensor, *, backend: str = "auto") -> Tensor:
     """1 bit per value (bit = signbit), LSB-first, flattened row-major -> uint8."""
-    check_float("values", values)
+    check_float("values", values)  # the raw op also takes integers; the public function does not
     return _pack_signs_op(values, backend)
 
 
 def unpack_signs(packed: Tensor, n: int, *, backend: str = "auto") -> Tensor:
     """``n`` float32 values of +1/-1 from :func:`pack_signs` bytes."""
-    if not isinstance(packed, torch.Tensor):
-        raise TypeError(f"packed must be a torch.Tensor, got {type(packed).__name__}")
+    _require_tensor("packed", packed)
     return _unpack_signs_op(packed, n, backend)
 
 
@@ -374,7 +380,8 @@ def demo_step_(
     chunk: int = 64, *, backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Fused DeMo encode (SPEC 3), in place on ``delta``: momentum, DCT, top-k, error feedback."""
-    _checked_state(delta, grad, chunk, k)
+    _require_tensor("delta", delta)
+    _require_tensor("grad", grad)
     return _demo_step_op(delta, grad, float(beta), float(lr), k, chunk, backend)
 
 

@@ -23,14 +23,13 @@ namespace {
 
 struct Scratch {
   AlignedBuffer<float> block, partial, coeffs, sent_rows, weights, half_a, half_b, row_tmp;
-  std::vector<int32_t> picked;
   std::vector<int> sent_row_ids;
   TopKSelector selector;
   explicit Scratch(int max_c, int k)
       : block(max_c * max_c + 8 * max_c), partial(max_c * max_c + 8 * max_c),
         coeffs(max_c * max_c + 8 * max_c), sent_rows(max_c * max_c + 8 * max_c),
         weights(max_c * max_c + 8 * max_c), half_a(max_c * max_c + 8 * max_c),
-        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8), picked(std::max(k, 1)),
+        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8),
         sent_row_ids(2 * max_c) {
     selector.reserve(std::max(k, 1));
   }

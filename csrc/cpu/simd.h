@@ -65,7 +65,5 @@ inline v8f reverse_lanes(v8f v) {
 #endif
 }
 
-inline int round_up_lanes(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
-
 }  // namespace
 }  // namespace dk
