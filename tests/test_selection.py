@@ -180,8 +180,8 @@ def test_exact_ties_zero_chunks_pick_smallest_indices(backend, k):
         assert not torch.any(vals[r])
 
 
-@pytest.mark.parametrize("c", [2, 4, 6, 8, 12, 16])
-@pytest.mark.parametrize("k", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("c", [2, 4, 6, 8, 12, 16, 64])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7, 33])
 def test_exact_ties_1d_spike(backend, c, k):
     """1-D spike of value 2^p at position i: X[u] = C[u, i] * 2^p exactly, and the canonical
     basis has equal magnitudes in a column (e.g. c=4: |C[0,0]| = |C[2,0]| = 0.5), so ties
@@ -201,31 +201,78 @@ def test_exact_ties_1d_spike(backend, c, k):
     assert any(results), "the crafted inputs must contain exact ties"
 
 
+def _draw_spikes(data, shape, cm, cn):
+    """At most one power-of-two spike per (cm x cn) chunk, often on the diagonal."""
+    x = torch.zeros(shape)
+    for r in range(shape[0] // cm):
+        for q in range(shape[1] // cn):
+            if data.draw(st.booleans()):
+                i = data.draw(st.integers(0, cm - 1))
+                j = i if cm == cn and data.draw(st.booleans()) else data.draw(st.integers(0, cn - 1))
+                e = data.draw(st.integers(-10, 10))
+                sgn = data.draw(st.sampled_from([1.0, -1.0]))
+                x[r * cm + i, q * cn + j] = sgn * 2.0**e
+    return x
+
+
+# Chunk sides the cpu encoder transforms with Lee's fast DCT (csrc/cpu/lee_dct.h) when both
+# sides are among them: several roundings per coefficient, so a spike's coefficients are no
+# longer one rounding of C_m[u, i] * C_n[v, j] and exact ties among them may split (SPEC 6
+# allows that: near-ties). Other sides go through plain products, exact for a spike.
+FAST_DCT_SIDES = (16, 32, 64)
+
+
 @given(
-    chunk=st.sampled_from([4, 6, 8, 16]),
+    chunk=st.sampled_from([4, 6, 8, 12, 16]),
     k=st.integers(1, 40),
     data=st.data(),
 )
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_exact_ties_2d_spikes(backend_name, chunk, k, data):
     """2-D spikes on the diagonal of square chunks: X[u, v] = X[v, u] exactly, so many pairs
-    of coefficients tie; the selection must be exactly the brute-force tie rule."""
-    rows_c, cols_c = 2, 3
-    shape = (rows_c * chunk, cols_c * chunk)
-    x = torch.zeros(shape)
-    for r in range(rows_c):
-        for q in range(cols_c):
-            if data.draw(st.booleans()):
-                i = data.draw(st.integers(0, chunk - 1))
-                j = i if data.draw(st.booleans()) else data.draw(st.integers(0, chunk - 1))
-                e = data.draw(st.integers(-10, 10))
-                sgn = data.draw(st.sampled_from([1.0, -1.0]))
-                x[r * chunk + i, q * chunk + j] = sgn * 2.0**e
+    of coefficients tie; the selection must be exactly the brute-force tie rule (SPEC 6's
+    near-tie allowance where the cpu encoder uses the fast DCT)."""
+    shape = (2 * chunk, 3 * chunk)
+    x = _draw_spikes(data, shape, chunk, chunk)
+    if backend_name == "cpu" and chunk in FAST_DCT_SIDES:
+        check_against_float64(x, k, chunk, backend_name)
+        return
     X = _expected_spike_coeffs(shape, chunk, x)
     idx, vals = dk.compress(x, k, chunk, backend=backend_name)
     want = sn.brute_topk(X, k)
     assert np.array_equal(idx.numpy(), want)
     assert_same_bits(vals + 0.0, np.take_along_axis(X, want, axis=1) + np.float32(0.0))
+
+
+@given(k=st.integers(1, 70), data=st.data())
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_exact_ties_wide_chunks(backend_name, k, data):
+    """48 x 64 chunks (products, so exact for spikes) with 64-wide rows: the selector's
+    vector scan, its group-maximum bound over columns and its pass for ties at the bound."""
+    shape = (48, 128)
+    p = sn.plan(shape, 64)
+    assert (p.cm, p.cn) == (48, 64)
+    x = _draw_spikes(data, shape, p.cm, p.cn)
+    X = _expected_spike_coeffs(shape, 64, x)
+    idx, vals = dk.compress(x, k, 64, backend=backend_name)
+    want = sn.brute_topk(X, k)
+    assert np.array_equal(idx.numpy(), want)
+    assert_same_bits(vals + 0.0, np.take_along_axis(X, want, axis=1) + np.float32(0.0))
+
+
+@pytest.mark.parametrize("chunk", FAST_DCT_SIDES)
+@pytest.mark.parametrize("k", [1, 5, 17, 40])
+def test_zero_chunks_pick_smallest_indices_fast_dct(backend, chunk, k):
+    """All-zero chunks at the fast-DCT sizes transform to exact zeros, so every |X| ties and
+    indices 0..k-1 win; the non-zero chunks meet SPEC 6."""
+    shape = (2 * chunk, 2 * chunk)
+    x = torch.zeros(shape)
+    x[:chunk, chunk:] = randn((chunk, chunk), seed=_seed("zero-chunks", chunk, k))
+    idx, vals = dk.compress(x, k, chunk, backend=backend)
+    for r in (0, 2, 3):  # chunk 1 is the random one
+        assert idx[r].tolist() == list(range(k))
+        assert not torch.any(vals[r])
+    check_against_float64(x, k, chunk, backend)
 
 
 def test_tie_rule_negative_vs_positive(backend):

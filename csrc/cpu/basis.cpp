@@ -1,6 +1,10 @@
 #include "basis.h"
 
 #include <cmath>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
 
 namespace dk {
 
@@ -61,6 +65,15 @@ ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
         cm_odd_rows[w * hm + i] = bm[(2 * w + 1) * cm + i];
       }
   }
+}
+
+const ChunkBases& chunk_bases(int cm, int cn) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int>, std::unique_ptr<ChunkBases>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& slot = cache[{cm, cn}];
+  if (!slot) slot.reset(new ChunkBases(cm, cn));
+  return *slot;
 }
 
 }  // namespace dk

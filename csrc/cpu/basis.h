@@ -28,4 +28,8 @@ struct ChunkBases {
   ChunkBases(int cm_, int cn_);
 };
 
+// The bases for a (cm, cn) chunk, built on first use and kept for the process (thread-safe).
+// Building one costs ~2 * c^2 float64 cosines, which a per-call build paid on every small tensor.
+const ChunkBases& chunk_bases(int cm, int cn);
+
 }  // namespace dk

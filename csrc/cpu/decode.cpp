@@ -101,7 +101,7 @@ int for_each_chunk(int64_t total, int cm, int ldn, int max_touched, int threads,
 }  // namespace
 
 int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
-  const ChunkBases b(g.cm, g.cn);
+  const ChunkBases& b = chunk_bases(g.cm, g.cn);
   const int E = g.cm * g.cn;
   return for_each_chunk(n_chunks(g), g.cm, b.ldn, 1, threads, [&](Scratch& s, int64_t c) {
     for (int u = 0; u < g.cm; ++u)
@@ -115,8 +115,7 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
                const void* const* values, int value_codec, const dk_geometry* geoms,
                const int32_t* k_effs, int reduce, int apply_sign, float* const* outs,
                int threads, int32_t* bad_tensor, int32_t* bad_peer) {
-  // Per-tensor tables: bases and the e -> padded-position map, shared between equal geometries.
-  std::map<std::pair<int, int>, std::unique_ptr<ChunkBases>> bases_cache;
+  // Per-tensor tables: bases (process-wide cache) and the e -> padded-position map.
   std::map<std::pair<int, int>, std::vector<int32_t>> position_cache;
   std::vector<const ChunkBases*> bases(n_tensors);
   std::vector<const int32_t*> positions(n_tensors);
@@ -124,18 +123,16 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
   int max_cm = 1, max_ldn = 8, max_k = 1;
   for (int t = 0; t < n_tensors; ++t) {
     const dk_geometry& g = geoms[t];
-    auto& slot = bases_cache[{g.cm, g.cn}];
-    if (!slot) slot.reset(new ChunkBases(g.cm, g.cn));
-    bases[t] = slot.get();
+    bases[t] = &chunk_bases(g.cm, g.cn);
     auto& table = position_cache[{g.cm, g.cn}];
     if (table.empty()) {
       table.resize(g.cm * g.cn);
-      for (int e = 0; e < g.cm * g.cn; ++e) table[e] = (e / g.cn) * slot->ldn + e % g.cn;
+      for (int e = 0; e < g.cm * g.cn; ++e) table[e] = (e / g.cn) * bases[t]->ldn + e % g.cn;
     }
     positions[t] = table.data();
     first_chunk[t + 1] = first_chunk[t] + n_chunks(g);
     max_cm = std::max(max_cm, g.cm);
-    max_ldn = std::max(max_ldn, slot->ldn);
+    max_ldn = std::max(max_ldn, bases[t]->ldn);
     max_k = std::max(max_k, k_effs[t]);
   }
   const float peers = static_cast<float>(n_peers);

@@ -2,8 +2,8 @@
 // Each chunk is loaded once into padded scratch, transformed with two small products against
 // the canonical basis, selected, corrected and stored while it is still in L1.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <new>
 #include <utility>
@@ -13,25 +13,38 @@
 #include "gemm.h"
 #include "geometry.h"
 #include "kernels.h"
+#include "lee_dct.h"
 #include "parallel.h"
 #include "scratch.h"
 #include "select.h"
+#include "transpose.h"
 
 namespace dk {
 namespace DK_ARCH {
 namespace {
 
+// The fast DCT's vector: a whole cache line where the set has 16-float registers.
+#if defined(__AVX512F__)
+using LeeVec = v16f;
+#else
+using LeeVec = v8f;
+#endif
+
+// Lee's transform covers both chunk sides (16, 32 or 64); other sides use the products.
+inline bool lee_chunk(const ChunkBases& b) { return lee_side(b.cm) && lee_side(b.cn); }
+
 struct Scratch {
-  AlignedBuffer<float> block, partial, coeffs, sent_rows, weights, half_a, half_b, row_tmp;
+  // lee_rows stays all-zero between chunks (only the picked rows are written, then cleared).
+  AlignedBuffer<float> block, partial, coeffs, sent_rows, weights, half_a, half_b, row_tmp, lee_rows;
   std::vector<int> sent_row_ids;
   TopKSelector selector;
   explicit Scratch(int max_c, int k)
       : block(max_c * max_c + 8 * max_c), partial(max_c * max_c + 8 * max_c),
         coeffs(max_c * max_c + 8 * max_c), sent_rows(max_c * max_c + 8 * max_c),
         weights(max_c * max_c + 8 * max_c), half_a(max_c * max_c + 8 * max_c),
-        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8),
+        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8), lee_rows(max_c * max_c + 8 * max_c),
         sent_row_ids(2 * max_c) {
-    selector.reserve(std::max(k, 1));
+    selector.reserve(std::max(k, 1), max_c);
   }
 };
 
@@ -48,8 +61,19 @@ void interleave_columns(const ChunkBases& b, float* rows, float* tmp) {
   }
 }
 
+// coeffs = C_m @ block @ C_n^T with Lee's transform: along m on column strips, then along n
+// on the transposed block, transposed back. Sides are 16, 32 or 64, so ldm == cm, ldn == cn.
+void forward_lee(const ChunkBases& b, const float* block, Scratch& s, float* coeffs) {
+  float* transposed = s.half_a.data();  // coeffs holds the first stage: 3 blocks stay in L1
+  lee_dct_rows_n<LeeVec>(block, coeffs, b.cm, b.cn, b.cn);
+  transpose_block(coeffs, b.cn, transposed, b.cm, b.cm, b.cn);
+  lee_dct_rows_n<LeeVec>(transposed, transposed, b.cn, b.cm, b.cm);
+  transpose_block(transposed, b.cm, coeffs, b.cn, b.cn, b.cm);
+}
+
 // coeffs = C_m @ block @ C_n^T over padded rows (ldn floats), split even/odd where possible.
 void forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs) {
+  if (lee_chunk(b)) return forward_lee(b, block, s, coeffs);
   float* partial = s.partial.data();
   float* half_a = s.half_a.data();
   float* half_b = s.half_b.data();
@@ -108,9 +132,27 @@ int gather_sent_rows(const ChunkBases& b, const int32_t* picked, const float* pi
   return n_rows;
 }
 
+// The Lee path of subtract_sent: the picked rows of S @ C_n, scaled by a_m(u), then the
+// inverse transform along m over all cm rows (the unpicked ones are zero).
+void subtract_sent_lee(const ChunkBases& b, const int32_t* picked, const float* picked_values,
+                       int k, Scratch& s, float* block) {
+  float* rows = s.lee_rows.data();
+  int* row_ids = s.sent_row_ids.data();
+  const int n_rows = gather_sent_rows(b, picked, picked_values, k, rows, row_ids);
+  const float a0 = static_cast<float>(std::sqrt(1.0 / b.cm)), a = static_cast<float>(std::sqrt(2.0 / b.cm));
+  for (int r = 0; r < n_rows; ++r) {
+    float* row = rows + row_ids[r] * b.ldn;
+    const v8f scale = vsplat(row_ids[r] == 0 ? a0 : a);
+    for (int q = 0; q < b.ldn; q += kLanes) vstore(row + q, scale * vload(row + q));
+  }
+  lee_idct_rows_subtract_n<LeeVec>(rows, b.cm, b.ldn, block, b.ldn, b.cn);
+  for (int r = 0; r < n_rows; ++r) std::memset(rows + row_ids[r] * b.ldn, 0, sizeof(float) * b.ldn);
+}
+
 // block -= C_m^T @ S @ C_n, S holding the k picked coefficients (error feedback, SPEC 3).
 void subtract_sent(const ChunkBases& b, const int32_t* picked, const float* picked_values, int k,
                    Scratch& s, float* block) {
+  if (lee_chunk(b)) return subtract_sent_lee(b, picked, picked_values, k, s, block);
   float* rows = s.sent_rows.data();  // row u of S @ C_n, for the picked u only
   int* row_ids = s.sent_row_ids.data();
   const int n_rows = gather_sent_rows(b, picked, picked_values, k, rows, row_ids);
@@ -142,14 +184,6 @@ void subtract_sent(const ChunkBases& b, const int32_t* picked, const float* pick
     }
 }
 
-using BasesMap = std::map<std::pair<int, int>, std::unique_ptr<ChunkBases>>;
-
-const ChunkBases& bases_for(BasesMap& cache, const dk_geometry& g) {
-  auto& slot = cache[{g.cm, g.cn}];
-  if (!slot) slot.reset(new ChunkBases(g.cm, g.cn));
-  return *slot;
-}
-
 // Runs body(scratch, chunk) over every chunk in parallel; returns DK_ERR_ALLOC on failure.
 // This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
@@ -160,7 +194,7 @@ int for_each_chunk(int64_t total, int max_c, int k, int threads, Body body) {
 }  // namespace
 
 int dct(const void* x, int32_t dtype, const dk_geometry& g, float* coeffs, int threads) {
-  const ChunkBases b(g.cm, g.cn);
+  const ChunkBases& b = chunk_bases(g.cm, g.cn);
   const int E = g.cm * g.cn;
   return for_each_chunk(n_chunks(g), std::max(g.cm, g.cn), 1, threads, [&](Scratch& s, int64_t c) {
     if (c + 1 < n_chunks(g)) prefetch_chunk(x, dtype_bytes(dtype), chunk_site(g, c + 1), g.cm, g.cn);
@@ -173,7 +207,7 @@ int dct(const void* x, int32_t dtype, const dk_geometry& g, float* coeffs, int t
 
 int compress(const void* x, int32_t dtype, const dk_geometry& g, int k_eff, int32_t* indices,
              float* values, int threads) {
-  const ChunkBases b(g.cm, g.cn);
+  const ChunkBases& b = chunk_bases(g.cm, g.cn);
   return for_each_chunk(n_chunks(g), std::max(g.cm, g.cn), k_eff, threads, [&](Scratch& s, int64_t c) {
     if (c + 1 < n_chunks(g)) prefetch_chunk(x, dtype_bytes(dtype), chunk_site(g, c + 1), g.cm, g.cn);
     load_block(x, dtype, chunk_site(g, c), b, s.block.data());
@@ -188,14 +222,13 @@ int compress(const void* x, int32_t dtype, const dk_geometry& g, int k_eff, int3
 int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
               const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr, int k,
               int32_t* indices, float* values, int threads) {
-  BasesMap cache;
   std::vector<const ChunkBases*> bases(n_tensors);
   std::vector<int64_t> first_chunk(n_tensors + 1, 0), first_out(n_tensors + 1, 0);
   std::vector<int> k_eff(n_tensors);
   int max_c = 1, max_k = 1;
   for (int t = 0; t < n_tensors; ++t) {
     const dk_geometry& g = geoms[t];
-    bases[t] = &bases_for(cache, g);
+    bases[t] = &chunk_bases(g.cm, g.cn);
     k_eff[t] = std::min(k, g.cm * g.cn);
     first_chunk[t + 1] = first_chunk[t] + n_chunks(g);
     first_out[t + 1] = first_out[t] + n_chunks(g) * k_eff[t];

@@ -67,7 +67,7 @@ inline void prefetch_chunk(const void* base, int element_bytes, const ChunkSite&
   const int64_t row_bytes = static_cast<int64_t>(cols) * element_bytes;
   for (int i = 0; i < rows; ++i) {
     const char* row = p + (site.offset + i * site.stride) * element_bytes;
-    for (int64_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(row + at, 0, 3);
+    for (int64_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(row + at, 0, 2);
   }
 }
 

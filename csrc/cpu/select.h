@@ -1,10 +1,15 @@
 // Per-chunk top-k by |X| with SPEC 3's tie rule (equal |X|: the smaller index wins).
 //
-// One streaming pass in index order keeps a candidate list: an element enters only if its
-// key beats the current threshold (the k-th best key seen so far). When the list fills up,
-// it is cut back to its best k. Since elements arrive in ascending index order, an element
-// whose key equals the threshold always loses the tie, so the test is strict. The list stays
-// in index order, so the result comes out sorted ascending.
+// Keys are |x|'s bits (monotonic in |x|). A first pass takes group maxima: the chunk split into
+// at least k groups (columns, or columns of row blocks when there are fewer than k columns).
+// The k-th largest group maximum t is a lower bound on the k-th largest key (k distinct elements
+// reach it), so only keys >= t can be picked. A second pass in index order keeps the keys > t
+// in a candidate list, cut back to its best k whenever it holds 2k (which raises the
+// threshold). Since elements arrive in ascending index order, one that equals a raised
+// threshold always loses the tie, so that test is strict. If fewer than k keys beat t, the rest
+// are the smallest-index keys equal to t, found by a third pass (an all-zero chunk costs one).
+// The k-th largest of a short list is found by counting with vector compares, not sorting. The list stays in index order, so
+// the result comes out sorted ascending.
 #pragma once
 
 #include <algorithm>
@@ -13,7 +18,7 @@
 #include <functional>
 #include <vector>
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -23,14 +28,88 @@
 namespace dk {
 namespace {
 
+// Keys of a run of kKeyLanes consecutive floats, and bit masks of comparisons against them.
+#if defined(__AVX512F__)
+constexpr int kKeyLanes = 16;
+struct KeyVec {
+  __m512i v;
+  explicit KeyVec(const float* p) : v(_mm512_and_si512(_mm512_loadu_si512(p), _mm512_set1_epi32(0x7fffffff))) {}
+  explicit KeyVec(const uint32_t* keys) : v(_mm512_loadu_si512(keys)) {}
+  KeyVec() : v(_mm512_setzero_si512()) {}
+  void max_with(const KeyVec& o) { v = _mm512_max_epu32(v, o.v); }
+  uint32_t greater(int32_t t) const { return _mm512_cmpgt_epi32_mask(v, _mm512_set1_epi32(t)); }
+  uint32_t equal(int32_t t) const { return _mm512_cmpeq_epi32_mask(v, _mm512_set1_epi32(t)); }
+  void store(uint32_t* out) const { _mm512_storeu_si512(out, v); }
+};
+#elif defined(__AVX2__)
+constexpr int kKeyLanes = 8;
+struct KeyVec {
+  __m256i v;
+  explicit KeyVec(const float* p)
+      : v(_mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), _mm256_set1_epi32(0x7fffffff))) {}
+  explicit KeyVec(const uint32_t* keys) : v(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keys))) {}
+  KeyVec() : v(_mm256_setzero_si256()) {}
+  void max_with(const KeyVec& o) { v = _mm256_max_epu32(v, o.v); }
+  uint32_t greater(int32_t t) const {
+    return _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(v, _mm256_set1_epi32(t))));
+  }
+  uint32_t equal(int32_t t) const {
+    return _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, _mm256_set1_epi32(t))));
+  }
+  void store(uint32_t* out) const { _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), v); }
+};
+#else
+constexpr int kKeyLanes = 1;
+struct KeyVec {
+  uint32_t v = 0;
+  explicit KeyVec(const float* p) {
+    std::memcpy(&v, p, 4);
+    v &= 0x7fffffffu;
+  }
+  explicit KeyVec(const uint32_t* keys) : v(*keys) {}
+  KeyVec() = default;
+  void max_with(const KeyVec& o) { v = std::max(v, o.v); }
+  uint32_t greater(int32_t t) const { return static_cast<int32_t>(v) > t; }
+  uint32_t equal(int32_t t) const { return static_cast<int32_t>(v) == t; }
+  void store(uint32_t* out) const { *out = v; }
+};
+#endif
+
+// The k-th largest of a[0..n) (1 <= k <= n; a zero-padded to whole vectors): the x with
+// #{a > x} < k <= #{a >= x}; *n_greater gets #{a > x}. Entries are tried in order as pivots,
+// skipping those outside the bracket the earlier counts left, so only a few need a count.
+inline uint32_t kth_largest(const uint32_t* a, int n, int k, int* n_greater) {
+  uint32_t lo = 0, hi = 0xffffffffu;  // the answer lies in [lo, hi]
+  for (int g = 0; g < n; ++g) {
+    const uint32_t x = a[g];
+    if (x < lo || x > hi) continue;
+    int greater = 0, equal = 0;
+    for (int q = 0; q < n; q += kKeyLanes) greater += __builtin_popcount(KeyVec(a + q).greater(static_cast<int32_t>(x)));
+    if (greater >= k) {
+      lo = x + 1;
+      continue;
+    }
+    for (int q = 0; q < n; q += kKeyLanes) equal += __builtin_popcount(KeyVec(a + q).equal(static_cast<int32_t>(x)));
+    if (greater + equal < k) {
+      hi = x - 1;
+      continue;
+    }
+    *n_greater = greater;
+    return x;
+  }
+  *n_greater = 0;
+  return 0;  // unreachable for 1 <= k <= n
+}
+
 class TopKSelector {
  public:
-  void reserve(int k) {
-    const size_t cap = 2 * static_cast<size_t>(k) + 8;
+  // k: the largest k this selector will see; max_cols: the widest chunk.
+  void reserve(int k, int max_cols) {
+    const size_t cap = 2 * static_cast<size_t>(k) + kKeyLanes;
     keys_.resize(cap);
     index_.resize(cap);
-    rank_.resize(cap);
-    order_.resize(cap);
+    ties_.resize(k + 1);
+    group_max_.resize(static_cast<size_t>(k) + max_cols + kKeyLanes);
   }
 
   // X: rows x ld floats (cols valid per row); writes k ascending indices (u * cols + v).
@@ -41,93 +120,114 @@ class TopKSelector {
       for (int e = 0; e < total; ++e) out_index[e] = e;
       return;
     }
+    const int32_t bound = group_max_bound(X, ld, rows, cols, k);
     const int cap = 2 * k;
+    int32_t threshold = bound;
     int n = 0;
-    // Keys are >= 0, so -1 lets everything in. With at least k rows, the k-th largest row
-    // maximum t0 is a safe start: k distinct elements reach it, so nothing below it can be
-    // picked; starting at t0 - 1 still offers every element that ties t0.
-    int32_t threshold = rows >= k ? row_max_bound(X, ld, rows, cols, k) - 1 : -1;
+    auto visit = [&](const float* row, int v, int row_base) {
+      uint32_t key;
+      std::memcpy(&key, row + v, 4);
+      key &= 0x7fffffffu;
+      if (static_cast<int32_t>(key) <= threshold) return;
+      keys_[n] = key;
+      index_[n] = row_base + v;
+      if (++n == cap) threshold = keep_best(n, k);
+    };
+    // Hits are gathered 64 columns at a time so a run of misses costs one branch.
+    constexpr int kSpan = 64;
     for (int u = 0; u < rows; ++u) {
       const float* row = X + static_cast<int64_t>(u) * ld;
+      const int row_base = u * cols;
       int v = 0;
-#if defined(__AVX2__)
-      const __m256i magnitude_mask = _mm256_set1_epi32(0x7fffffff);
-      for (; v + 8 <= cols; v += 8) {
-        __m256i key = _mm256_and_si256(_mm256_loadu_si256((const __m256i*)(row + v)), magnitude_mask);
-        __m256i beats = _mm256_cmpgt_epi32(key, _mm256_set1_epi32(threshold));
-        if (!_mm256_movemask_epi8(beats)) continue;
-        for (int lane = v; lane < v + 8; ++lane) offer(row, lane, u * cols, threshold, n, cap, k);
+      for (; v + kSpan <= cols; v += kSpan) {
+        uint64_t hits = 0;
+        for (int q = 0; q < kSpan; q += kKeyLanes)
+          hits |= static_cast<uint64_t>(KeyVec(row + v + q).greater(threshold)) << q;
+        for (; hits; hits &= hits - 1) visit(row, v + __builtin_ctzll(hits), row_base);
       }
-#endif
-      for (; v < cols; ++v) offer(row, v, u * cols, threshold, n, cap, k);
+      for (; v + kKeyLanes <= cols; v += kKeyLanes)
+        for (uint32_t hits = KeyVec(row + v).greater(threshold); hits; hits &= hits - 1)
+          visit(row, v + __builtin_ctz(hits), row_base);
+      for (; v < cols; ++v) visit(row, v, row_base);
     }
-    if (n > k) cut(n, k);
-    std::memcpy(out_index, index_.data(), sizeof(int32_t) * k);
+    if (n >= k) {
+      if (n > k) keep_best(n, k);
+      std::memcpy(out_index, index_.data(), sizeof(int32_t) * k);
+      return;
+    }
+    // Fewer than k keys beat the bound (it was never raised): all of them are in, and the
+    // smallest-index keys equal to it fill up the rest.
+    const int n_ties = first_ties(X, ld, rows, cols, bound, k - n);
+    std::merge(index_.begin(), index_.begin() + n, ties_.begin(), ties_.begin() + n_ties, out_index);
   }
 
  private:
-  static uint32_t key_of(float x) {
-    uint32_t bits;
-    std::memcpy(&bits, &x, 4);
-    return bits & 0x7fffffffu;  // |x|'s bits: monotonic in |x| (NaN ranks above +inf)
-  }
-
-  int32_t row_max_bound(const float* X, int ld, int rows, int cols, int k) {
-    row_max_.resize(rows);
-    for (int u = 0; u < rows; ++u) {
-      const float* row = X + static_cast<int64_t>(u) * ld;
-      uint32_t best = 0;
+  // The k-th largest maximum over >= k groups: each column of each of ceil(k / cols) row blocks.
+  int32_t group_max_bound(const float* X, int ld, int rows, int cols, int k) {
+    const int blocks = (k + cols - 1) / cols;  // <= rows, since k < rows * cols
+    int n_groups = 0;
+    for (int b = 0; b < blocks; ++b) {
+      const int first = b * rows / blocks, last = (b + 1) * rows / blocks;
       int v = 0;
-#if defined(__AVX2__)
-      __m256i acc = _mm256_setzero_si256();
-      const __m256i magnitude_mask = _mm256_set1_epi32(0x7fffffff);
-      for (; v + 8 <= cols; v += 8)
-        acc = _mm256_max_epu32(acc, _mm256_and_si256(_mm256_loadu_si256((const __m256i*)(row + v)), magnitude_mask));
-      alignas(32) uint32_t lanes[8];
-      _mm256_store_si256((__m256i*)lanes, acc);
-      for (int lane = 0; lane < 8; ++lane) best = std::max(best, lanes[lane]);
-#endif
-      for (; v < cols; ++v) best = std::max(best, key_of(row[v]));
-      row_max_[u] = best;
+      for (; v + kKeyLanes <= cols; v += kKeyLanes) {
+        KeyVec best;
+        for (int u = first; u < last; ++u) best.max_with(KeyVec(X + static_cast<int64_t>(u) * ld + v));
+        best.store(group_max_.data() + n_groups);
+        n_groups += kKeyLanes;
+      }
+      for (; v < cols; ++v) {
+        uint32_t best = 0;
+        for (int u = first; u < last; ++u) {
+          uint32_t key;
+          std::memcpy(&key, X + static_cast<int64_t>(u) * ld + v, 4);
+          best = std::max(best, key & 0x7fffffffu);
+        }
+        group_max_[n_groups++] = best;
+      }
     }
-    std::nth_element(row_max_.begin(), row_max_.begin() + (k - 1), row_max_.end(), std::greater<uint32_t>());
-    return static_cast<int32_t>(row_max_[k - 1]);
+    // Zero padding to whole vectors: a zero is never greater than a key, and if it ties the
+    // k-th largest, that value is 0 anyway.
+    for (int g = n_groups; g % kKeyLanes; ++g) group_max_[g] = 0;
+    int greater;
+    return static_cast<int32_t>(kth_largest(group_max_.data(), n_groups, k, &greater));
   }
 
-  inline void offer(const float* row, int v, int row_base, int32_t& threshold, int& n, int cap,
-                    int k) {
-    const uint32_t key = key_of(row[v]);
-    if (static_cast<int32_t>(key) <= threshold) return;
-    keys_[n] = key;
-    index_[n] = row_base + v;
-    if (++n == cap) threshold = cut(n, k);
-  }
-
-  // Keeps the best k of the n candidates (order preserved); returns the k-th best key.
-  int32_t cut(int& n, int k) {
-    for (int t = 0; t < n; ++t)
-      rank_[t] = (static_cast<uint64_t>(keys_[t]) << 32) | (0xffffffffu - static_cast<uint32_t>(index_[t]));
-    std::copy(rank_.begin(), rank_.begin() + n, order_.begin());
-    std::nth_element(order_.begin(), order_.begin() + (k - 1), order_.begin() + n,
-                     std::greater<uint64_t>());
-    const uint64_t kth = order_[k - 1];
-    int kept = 0;
+  // Keeps the best k of the n candidates in place and in order: every key above the k-th best,
+  // then keys equal to it in list (index) order while places remain. Returns the k-th best key.
+  int32_t keep_best(int& n, int k) {
+    for (int t = n; t % kKeyLanes; ++t) keys_[t] = 0;  // padding: candidate keys are >= 1
+    int greater;
+    const uint32_t kth = kth_largest(keys_.data(), n, k, &greater);
+    int kept = 0, ties_left = k - greater;
     for (int t = 0; t < n; ++t) {
-      if (rank_[t] >= kth) {
+      if (keys_[t] > kth || (keys_[t] == kth && ties_left-- > 0)) {
         keys_[kept] = keys_[t];
         index_[kept] = index_[t];
         ++kept;
       }
     }
     n = kept;
-    return static_cast<int32_t>(kth >> 32);
+    return static_cast<int32_t>(kth);
+  }
+
+  // The first `want` indices whose key equals `bound`, ascending, into ties_; returns how many.
+  int first_ties(const float* X, int ld, int rows, int cols, int32_t bound, int want) {
+    int n_ties = 0;
+    for (int u = 0; u < rows && n_ties < want; ++u) {
+      const float* row = X + static_cast<int64_t>(u) * ld;
+      for (int v = 0; v < cols && n_ties < want; ++v) {
+        uint32_t key;
+        std::memcpy(&key, row + v, 4);
+        if (static_cast<int32_t>(key & 0x7fffffffu) == bound) ties_[n_ties++] = u * cols + v;
+      }
+    }
+    return n_ties;
   }
 
   std::vector<uint32_t> keys_;
   std::vector<int32_t> index_;
-  std::vector<uint64_t> rank_;
-  std::vector<uint64_t> order_;
-  std::vector<uint32_t> row_max_;
+  std::vector<int32_t> ties_;
+  std::vector<uint32_t> group_max_;
 };
 
 }  // namespace
