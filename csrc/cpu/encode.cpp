@@ -34,16 +34,17 @@ using LeeVec = v8f;
 inline bool lee_chunk(const ChunkBases& b) { return lee_side(b.cm) && lee_side(b.cn); }
 
 struct Scratch {
-  // lee_rows stays all-zero between chunks (only the picked rows are written, then cleared).
-  AlignedBuffer<float> block, partial, coeffs, sent_rows, weights, half_a, half_b, row_tmp, lee_rows;
+  AlignedBuffer<float> block, partial, coeffs, sent_rows, weights, half_a, half_b, row_tmp;
+  AlignedBuffer<float> packed_rows, zero_row;  // the Lee path's error feedback rows
+  std::vector<const float*> row_of;
   std::vector<int> sent_row_ids;
   TopKSelector selector;
   explicit Scratch(int max_c, int k)
       : block(max_c * max_c + 8 * max_c), partial(max_c * max_c + 8 * max_c),
         coeffs(max_c * max_c + 8 * max_c), sent_rows(max_c * max_c + 8 * max_c),
         weights(max_c * max_c + 8 * max_c), half_a(max_c * max_c + 8 * max_c),
-        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8), lee_rows(max_c * max_c + 8 * max_c),
-        sent_row_ids(2 * max_c) {
+        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8), packed_rows(max_c * max_c + 16),
+        zero_row(max_c + 16), row_of(max_c), sent_row_ids(2 * max_c) {
     selector.reserve(std::max(k, 1), max_c);
   }
 };
@@ -61,19 +62,23 @@ void interleave_columns(const ChunkBases& b, float* rows, float* tmp) {
   }
 }
 
-// coeffs = C_m @ block @ C_n^T with Lee's transform: along m on column strips, then along n
-// on the transposed block, transposed back. Sides are 16, 32 or 64, so ldm == cm, ldn == cn.
-void forward_lee(const ChunkBases& b, const float* block, Scratch& s, float* coeffs) {
+// coeffs = C_m @ x @ C_n^T with Lee's transform: along m on column strips, then along n on the
+// transposed block, transposed back. row_at(i, s) yields x's row i at column s (a vector).
+// Sides are 16, 32 or 64, so ldm == cm and ldn == cn.
+template <class RowAt>
+void forward_lee(const ChunkBases& b, RowAt row_at, Scratch& s, float* coeffs) {
   float* transposed = s.half_a.data();  // coeffs holds the first stage: 3 blocks stay in L1
-  lee_dct_rows_n<LeeVec>(block, coeffs, b.cm, b.cn, b.cn);
+  lee_dct_strips_n<LeeVec>(b.cm, row_at, coeffs, b.cn, b.cn);
   transpose_block(coeffs, b.cn, transposed, b.cm, b.cm, b.cn);
-  lee_dct_rows_n<LeeVec>(transposed, transposed, b.cn, b.cm, b.cm);
+  auto transposed_row = [&](int i, int col) { return load_vec<LeeVec>(transposed + i * b.cm + col); };
+  lee_dct_strips_n<LeeVec>(b.cn, transposed_row, transposed, b.cm, b.cm);
   transpose_block(transposed, b.cm, coeffs, b.cn, b.cn, b.cm);
 }
 
 // coeffs = C_m @ block @ C_n^T over padded rows (ldn floats), split even/odd where possible.
 void forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs) {
-  if (lee_chunk(b)) return forward_lee(b, block, s, coeffs);
+  if (lee_chunk(b))
+    return forward_lee(b, [&](int i, int col) { return load_vec<LeeVec>(block + i * b.ldn + col); }, s, coeffs);
   float* partial = s.partial.data();
   float* half_a = s.half_a.data();
   float* half_b = s.half_b.data();
@@ -132,27 +137,37 @@ int gather_sent_rows(const ChunkBases& b, const int32_t* picked, const float* pi
   return n_rows;
 }
 
-// The Lee path of subtract_sent: the picked rows of S @ C_n, scaled by a_m(u), then the
-// inverse transform along m over all cm rows (the unpicked ones are zero).
+// Error feedback on the Lee path: row u of S @ C_n, scaled by a_m(u), for the picked u only
+// (packed, the rest point at one zero row), then the inverse transform along m.
+// sink(i, col, sent) receives row i of C_m^T @ S @ C_n at column col.
+template <class Sink>
 void subtract_sent_lee(const ChunkBases& b, const int32_t* picked, const float* picked_values,
-                       int k, Scratch& s, float* block) {
-  float* rows = s.lee_rows.data();
-  int* row_ids = s.sent_row_ids.data();
-  const int n_rows = gather_sent_rows(b, picked, picked_values, k, rows, row_ids);
+                       int k, Scratch& s, Sink sink) {
+  constexpr int lanes = sizeof(LeeVec) / sizeof(float);
+  const float** row_of = s.row_of.data();
+  for (int u = 0; u < b.cm; ++u) row_of[u] = s.zero_row.data();
   const float a0 = static_cast<float>(std::sqrt(1.0 / b.cm)), a = static_cast<float>(std::sqrt(2.0 / b.cm));
-  for (int r = 0; r < n_rows; ++r) {
-    float* row = rows + row_ids[r] * b.ldn;
-    const v8f scale = vsplat(row_ids[r] == 0 ? a0 : a);
-    for (int q = 0; q < b.ldn; q += kLanes) vstore(row + q, scale * vload(row + q));
+  float* row = s.packed_rows.data();
+  for (int t = 0; t < k; row += b.ldn) {  // picked is ascending: a row's coefficients are adjacent
+    const int u = picked[t] / b.cn;
+    const float scale = u == 0 ? a0 : a;
+    const float* basis_row = b.cn_rows.data() + (picked[t] % b.cn) * b.ldn;
+    const float first = picked_values[t] * scale;
+    for (int q = 0; q < b.cn; q += lanes) store_vec<LeeVec>(row + q, first * load_vec<LeeVec>(basis_row + q));
+    for (++t; t < k && picked[t] / b.cn == u; ++t) {
+      const LeeVec value = LeeVec{} + picked_values[t] * scale;
+      basis_row = b.cn_rows.data() + (picked[t] % b.cn) * b.ldn;
+      for (int q = 0; q < b.cn; q += lanes)
+        store_vec<LeeVec>(row + q, vfma(value, load_vec<LeeVec>(basis_row + q), load_vec<LeeVec>(row + q)));
+    }
+    row_of[u] = row;
   }
-  lee_idct_rows_subtract_n<LeeVec>(rows, b.cm, b.ldn, block, b.ldn, b.cn);
-  for (int r = 0; r < n_rows; ++r) std::memset(rows + row_ids[r] * b.ldn, 0, sizeof(float) * b.ldn);
+  lee_idct_strips_n<LeeVec>(b.cm, row_of, sink, b.cn);
 }
 
 // block -= C_m^T @ S @ C_n, S holding the k picked coefficients (error feedback, SPEC 3).
 void subtract_sent(const ChunkBases& b, const int32_t* picked, const float* picked_values, int k,
                    Scratch& s, float* block) {
-  if (lee_chunk(b)) return subtract_sent_lee(b, picked, picked_values, k, s, block);
   float* rows = s.sent_rows.data();  // row u of S @ C_n, for the picked u only
   int* row_ids = s.sent_row_ids.data();
   const int n_rows = gather_sent_rows(b, picked, picked_values, k, rows, row_ids);
@@ -243,16 +258,43 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
     const ChunkBases& b = *bases[t];
     const ChunkSite site = chunk_site(g, c);
     float* state = deltas[t];
-    if (c + 1 < n_chunks(g)) {  // chunks come in runs of 16 per thread: c + 1 is usually next
-      const ChunkSite next = chunk_site(g, c + 1);
-      prefetch_chunk(state, 4, next, g.cm, g.cn);
-      prefetch_chunk(grads[t], dtype_bytes(grad_dtypes[t]), next, g.cm, g.cn);
-    }
     float* block = s.block.data();
-    // delta = beta * delta + lr * grad, straight from the tensors when rows are whole vectors
-    const v8f beta_v = vsplat(beta), lr_v = vsplat(lr);
     const bool direct = grad_dtypes[t] == DK_F32 && g.cn % kLanes == 0;
     if (!direct) load_block(grads[t], grad_dtypes[t], site, b, s.partial.data());
+    const int kk = k_eff[t];
+    int32_t* out_index = indices + first_out[t] + c * kk;
+    float* out_value = values + first_out[t] + c * kk;
+    // Chunks come in runs of 16 per thread, so c + 1 is usually next: its rows are fetched
+    // while this one computes (the last chunk fetches itself again, harmlessly).
+    const ChunkSite next = chunk_site(g, std::min(c + 1, n_chunks(g) - 1));
+    if (lee_chunk(b)) {
+      // delta = beta * delta + lr * grad inside the first transform stage's loads, and again
+      // (same bits) where the error feedback writes the corrected state straight to the tensor:
+      // cheaper than keeping the block in scratch. Each vector also prefetches the next chunk's
+      // line at the same place (state, then gradient), so the fetch overlaps the arithmetic.
+      float* const state_rows = state + site.offset;
+      const float* const grad_rows = direct ? static_cast<const float*>(grads[t]) + site.offset : s.partial.data();
+      const int64_t stride = site.stride, grad_stride = direct ? site.stride : b.ldn;
+      const int grad_bytes = dtype_bytes(grad_dtypes[t]);
+      const float* const next_state_rows = state + next.offset;
+      const char* const next_grad_rows = static_cast<const char*>(grads[t]) + next.offset * grad_bytes;
+      auto updated_row = [=](int i, int col) {
+        __builtin_prefetch(next_state_rows + i * stride + col, 0, 2);
+        return beta * load_vec<LeeVec>(state_rows + i * stride + col) + lr * load_vec<LeeVec>(grad_rows + i * grad_stride + col);
+      };
+      forward_lee(b, updated_row, s, s.coeffs.data());
+      s.selector.select(s.coeffs.data(), b.ldn, g.cm, g.cn, kk, out_index);
+      for (int q = 0; q < kk; ++q)
+        out_value[q] = s.coeffs[(out_index[q] / g.cn) * b.ldn + out_index[q] % g.cn];
+      auto store_state = [=](int i, int col, LeeVec sent) {
+        __builtin_prefetch(next_grad_rows + (i * stride + col) * grad_bytes, 0, 2);
+        store_vec<LeeVec>(state_rows + i * stride + col, updated_row(i, col) - sent);
+      };
+      subtract_sent_lee(b, out_index, out_value, kk, s, store_state);
+      return;
+    }
+    // delta = beta * delta + lr * grad, straight from the tensors when rows are whole vectors
+    const v8f beta_v = vsplat(beta), lr_v = vsplat(lr);
     for (int i = 0; i < g.cm; ++i) {
       const float* old_row = state + site.offset + i * site.stride;
       const float* grad_row = direct ? static_cast<const float*>(grads[t]) + site.offset + i * site.stride
@@ -264,9 +306,6 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
       for (; j < g.cn; ++j) row[j] = beta * old_row[j] + lr * grad_row[j];
     }
     forward(b, block, s, s.coeffs.data());
-    const int kk = k_eff[t];
-    int32_t* out_index = indices + first_out[t] + c * kk;
-    float* out_value = values + first_out[t] + c * kk;
     s.selector.select(s.coeffs.data(), b.ldn, g.cm, g.cn, kk, out_index);
     for (int q = 0; q < kk; ++q)
       out_value[q] = s.coeffs[(out_index[q] / g.cn) * b.ldn + out_index[q] % g.cn];

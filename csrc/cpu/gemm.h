@@ -53,6 +53,7 @@ inline v16f vload16(const float* p) {
   return v;
 }
 inline void vstore16(float* p, v16f v) { std::memcpy(p, &v, sizeof(v)); }
+inline v16f vfma(v16f a, v16f b, v16f c) { return (v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
 
 template <int ROWS, int NVB, bool ACCUMULATE>
 inline void fma_block16(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int K) {

@@ -97,55 +97,57 @@ inline void store_vec(float* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// Orthonormal DCT-II along the row index of an N x width block (rows `ld` floats apart):
-// out row u = a(u) sum_i cos(pi (2i+1) u / 2N) in row i, a(0) = sqrt(1/N), a(u) = sqrt(2/N).
-// in == out is allowed; width is a multiple of the vector's lanes.
-template <class V, int N>
-void lee_dct_rows(const float* in, float* out, int ld, int width) {
+// Orthonormal DCT-II along the row index of an N x width block, one strip of lanes at a time:
+// out row u = a(u) sum_i cos(pi (2i+1) u / 2N) row i, a(0) = sqrt(1/N), a(u) = sqrt(2/N).
+// row_at(i, s) yields the vector of row i at column s (a load, or a fused elementwise step);
+// width is a multiple of the vector's lanes. Output rows are ld_out floats apart.
+template <class V, int N, class RowAt>
+inline void lee_dct_strips(RowAt row_at, float* out, int ld_out, int width) {
   constexpr int lanes = sizeof(V) / sizeof(float);
   const float* f = lee_factors();
   const float a0 = static_cast<float>(std::sqrt(1.0 / N)), a = static_cast<float>(std::sqrt(2.0 / N));
   for (int s = 0; s < width; s += lanes) {
     V x[N];
-    for (int i = 0; i < N; ++i) x[i] = load_vec<V>(in + i * ld + s);
+    for (int i = 0; i < N; ++i) x[i] = row_at(i, s);
     LeeForward<V, N>::run(x, f);
     store_vec<V>(out + s, x[0] * a0);
-    for (int u = 1; u < N; ++u) store_vec<V>(out + u * ld + s, x[u] * a);
+    for (int u = 1; u < N; ++u) store_vec<V>(out + u * ld_out + s, x[u] * a);
   }
 }
 
-// out[i] -= sum_u cos(pi (2i+1) u / 2N) z[u] along the row index, z already scaled by a(u):
-// subtracts the orthonormal inverse DCT of the coefficient rows (error feedback).
-template <class V, int N>
-void lee_idct_rows_subtract(const float* z, int ldz, float* out, int ldo, int width) {
+// The inverse direction: x[i] = sum_u cos(pi (2i+1) u / 2N) z[u] along the row index, with the
+// coefficient rows z[u] (pointers: rows that are zero can share one) already scaled by a(u);
+// sink(i, s, x) consumes row i at column s (error feedback subtracts it from the state).
+template <class V, int N, class Sink>
+inline void lee_idct_strips(const float* const* z, Sink sink, int width) {
   constexpr int lanes = sizeof(V) / sizeof(float);
   const float* f = lee_factors();
   for (int s = 0; s < width; s += lanes) {
     V x[N];
-    for (int u = 0; u < N; ++u) x[u] = load_vec<V>(z + u * ldz + s);
+    for (int u = 0; u < N; ++u) x[u] = load_vec<V>(z[u] + s);
     LeeInverse<V, N>::run(x, f);
-    for (int i = 0; i < N; ++i) store_vec<V>(out + i * ldo + s, load_vec<V>(out + i * ldo + s) - x[i]);
+    for (int i = 0; i < N; ++i) sink(i, s, x[i]);
   }
 }
 
 // Sides the fast path takes (both chunk sides must be one of these).
 inline bool lee_side(int c) { return c == 16 || c == 32 || c == 64; }
 
-template <class V>
-void lee_dct_rows_n(const float* in, float* out, int n, int ld, int width) {
+template <class V, class RowAt>
+void lee_dct_strips_n(int n, RowAt row_at, float* out, int ld_out, int width) {
   switch (n) {
-    case 16: lee_dct_rows<V, 16>(in, out, ld, width); break;
-    case 32: lee_dct_rows<V, 32>(in, out, ld, width); break;
-    default: lee_dct_rows<V, 64>(in, out, ld, width); break;
+    case 16: lee_dct_strips<V, 16>(row_at, out, ld_out, width); break;
+    case 32: lee_dct_strips<V, 32>(row_at, out, ld_out, width); break;
+    default: lee_dct_strips<V, 64>(row_at, out, ld_out, width); break;
   }
 }
 
-template <class V>
-void lee_idct_rows_subtract_n(const float* z, int n, int ldz, float* out, int ldo, int width) {
+template <class V, class Sink>
+void lee_idct_strips_n(int n, const float* const* z, Sink sink, int width) {
   switch (n) {
-    case 16: lee_idct_rows_subtract<V, 16>(z, ldz, out, ldo, width); break;
-    case 32: lee_idct_rows_subtract<V, 32>(z, ldz, out, ldo, width); break;
-    default: lee_idct_rows_subtract<V, 64>(z, ldz, out, ldo, width); break;
+    case 16: lee_idct_strips<V, 16>(z, sink, width); break;
+    case 32: lee_idct_strips<V, 32>(z, sink, width); break;
+    default: lee_idct_strips<V, 64>(z, sink, width); break;
   }
 }
 
