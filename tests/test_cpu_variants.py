@@ -1,4 +1,5 @@
-"""Every compiled CPU kernel set (generic, AVX2, AVX-512) decodes to the same bits.
+"""Every compiled CPU kernel set (generic, AVX2, AVX-512) decodes to the same bits and encodes
+within SPEC 6, on the matrix-product chunk sides and on the fast-DCT ones (16, 32, 64).
 
 Dispatch picks the best set for the machine, so the others are forced per process with
 ``DISTRO_KERNELS_CPU_VARIANT`` and compared in subprocesses.
@@ -18,14 +19,18 @@ pytestmark = pytest.mark.skipif(not HAS_CPU, reason="needs the cpu backend")
 
 SCRIPT = r"""
 import hashlib, json, sys, torch, distro_kernels as dk
-out = {"variant": dk.info()["cpu_kernel"], "decode": [], "encode": []}
-for seed, shape, chunk in [(0, (96, 128), 64), (1, (3, 29, 48), 64), (2, (130,), 32), (3, (64, 64), 16)]:
+out = {"variant": dk.info()["cpu_kernel"], "decode": [], "encode": [], "dct_err": []}
+for seed, shape, chunk in [(0, (96, 128), 64), (1, (3, 29, 48), 64), (2, (130,), 32), (3, (64, 64), 16),
+                           (4, (128, 192), 64), (5, (2, 64, 96), 32)]:
     g = torch.Generator().manual_seed(seed)
     peers = [dk.compress(torch.randn(shape, generator=g), k=7, chunk=chunk, backend="reference") for _ in range(3)]
     idx, val = [p[0] for p in peers], [p[1] for p in peers]
     for codec, vals in [("f32", val), ("sign", [dk.pack_signs(v) for v in val])]:
         y = dk.decompress(idx, vals, shape, chunk, value_codec=codec, backend="cpu")
         out["decode"].append(hashlib.sha256(y.numpy().tobytes()).hexdigest())
+    x = torch.randn(shape, generator=g)
+    want = dk.dct(x, chunk, backend="reference").double()  # float32 products: ~1e-7 of float64
+    out["dct_err"].append(float((dk.dct(x, chunk, backend="cpu").double() - want).norm() / want.norm()))
     coeffs = dk.dct(torch.randn(shape, generator=g), chunk, backend="reference")
     out["decode"].append(hashlib.sha256(dk.idct(coeffs, shape, chunk, backend="cpu").numpy().tobytes()).hexdigest())
     delta, grad = torch.zeros(shape), torch.randn(shape, generator=g)
@@ -49,6 +54,7 @@ def test_kernel_sets_decode_identically_and_encode_within_spec():
     best = results[""]
     for name, result in results.items():
         assert result["decode"] == best["decode"], f"{result['variant']} decode bits differ from {best['variant']}"
+        assert max(result["dct_err"]) < 1e-5, (result["variant"], result["dct_err"])  # SPEC 6
         for (i_a, v_a, d_a), (i_b, v_b, d_b) in zip(result["encode"], best["encode"]):
             assert i_a == i_b  # random data: no near-ties at this size
             assert torch.allclose(torch.tensor(v_a), torch.tensor(v_b), rtol=1e-5, atol=1e-6)

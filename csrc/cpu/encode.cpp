@@ -37,6 +37,7 @@ struct Scratch {
   AlignedBuffer<float> block, partial, coeffs, sent_rows, weights, half_a, half_b, row_tmp;
   AlignedBuffer<float> packed_rows, zero_row;  // the Lee path's error feedback rows
   std::vector<const float*> row_of;
+  std::vector<uint32_t> row_max;  // each coefficient row's largest |X| bits (Lee path)
   std::vector<int> sent_row_ids;
   TopKSelector selector;
   explicit Scratch(int max_c, int k)
@@ -44,7 +45,7 @@ struct Scratch {
         coeffs(max_c * max_c + 8 * max_c), sent_rows(max_c * max_c + 8 * max_c),
         weights(max_c * max_c + 8 * max_c), half_a(max_c * max_c + 8 * max_c),
         half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8), packed_rows(max_c * max_c + 16),
-        zero_row(max_c + 16), row_of(max_c), sent_row_ids(2 * max_c) {
+        zero_row(max_c + 16), row_of(max_c), row_max(max_c + 16), sent_row_ids(2 * max_c) {
     selector.reserve(std::max(k, 1), max_c);
   }
 };
@@ -65,20 +66,28 @@ void interleave_columns(const ChunkBases& b, float* rows, float* tmp) {
 // coeffs = C_m @ x @ C_n^T with Lee's transform: along m on column strips, then along n on the
 // transposed block, transposed back. row_at(i, s) yields x's row i at column s (a vector).
 // Sides are 16, 32 or 64, so ldm == cm and ldn == cn.
+// With DctScale::kRelative the result lacks the factor lee_value_factor(b) (see lee_dct.h).
+// s.row_max gets each coefficient row's largest |X| bits for the selection.
 template <class RowAt>
-void forward_lee(const ChunkBases& b, RowAt row_at, Scratch& s, float* coeffs) {
-  float* transposed = s.half_a.data();  // coeffs holds the first stage: 3 blocks stay in L1
-  lee_dct_strips_n<LeeVec>(b.cm, row_at, coeffs, b.cn, b.cn);
+void forward_lee(const ChunkBases& b, RowAt row_at, Scratch& s, float* coeffs, DctScale scale) {
+  float* transposed = s.half_a.data();  // coeffs holds the first stage: 2 blocks stay in L1
+  lee_dct_strips_n<LeeVec>(b.cm, row_at, coeffs, b.cn, b.cn, scale);
   transpose_block(coeffs, b.cn, transposed, b.cm, b.cm, b.cn);
   auto transposed_row = [&](int i, int col) { return load_vec<LeeVec>(transposed + i * b.cm + col); };
-  lee_dct_strips_n<LeeVec>(b.cn, transposed_row, transposed, b.cm, b.cm);
+  lee_dct_strips_n<LeeVec>(b.cn, transposed_row, transposed, b.cm, b.cm, scale, s.row_max.data());
   transpose_block(transposed, b.cm, coeffs, b.cn, b.cn, b.cm);
 }
 
+inline float lee_value_factor(const ChunkBases& b) { return dct_stage_factor(b.cm) * dct_stage_factor(b.cn); }
+
 // coeffs = C_m @ block @ C_n^T over padded rows (ldn floats), split even/odd where possible.
-void forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs) {
-  if (lee_chunk(b))
-    return forward_lee(b, [&](int i, int col) { return load_vec<LeeVec>(block + i * b.ldn + col); }, s, coeffs);
+// Returns the factor the coefficients still lack: 1, unless the fast DCT ran with kRelative.
+float forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs,
+              DctScale scale = DctScale::kOrthonormal) {
+  if (lee_chunk(b)) {
+    forward_lee(b, [&](int i, int col) { return load_vec<LeeVec>(block + i * b.ldn + col); }, s, coeffs, scale);
+    return scale == DctScale::kRelative ? lee_value_factor(b) : 1.f;
+  }
   float* partial = s.partial.data();
   float* half_a = s.half_a.data();
   float* half_b = s.half_b.data();
@@ -109,6 +118,15 @@ void forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs)
     gemm_fma<false>(b.cm_rows.data(), b.ldm, partial, b.ldn, coeffs, b.ldn, b.cm, b.cm, b.ldn);
   }
   if (b.split_n) interleave_columns(b, coeffs, s.row_tmp.data());
+  return 1.f;
+}
+
+// Top-k of the chunk's coefficients (ld = ldn) and their values times `factor`.
+void select_chunk(const ChunkBases& b, Scratch& s, int k, float factor, int32_t* out_index,
+                  float* out_value) {
+  s.selector.select(s.coeffs.data(), b.ldn, b.cm, b.cn, k, out_index, lee_chunk(b) ? s.row_max.data() : nullptr);
+  for (int q = 0; q < k; ++q)
+    out_value[q] = factor * s.coeffs[(out_index[q] / b.cn) * b.ldn + out_index[q] % b.cn];
 }
 
 void load_block(const void* x, int32_t dtype, const ChunkSite& site, const ChunkBases& b,
@@ -226,11 +244,8 @@ int compress(const void* x, int32_t dtype, const dk_geometry& g, int k_eff, int3
   return for_each_chunk(n_chunks(g), std::max(g.cm, g.cn), k_eff, threads, [&](Scratch& s, int64_t c) {
     if (c + 1 < n_chunks(g)) prefetch_chunk(x, dtype_bytes(dtype), chunk_site(g, c + 1), g.cm, g.cn);
     load_block(x, dtype, chunk_site(g, c), b, s.block.data());
-    forward(b, s.block.data(), s, s.coeffs.data());
-    int32_t* out_index = indices + c * k_eff;
-    s.selector.select(s.coeffs.data(), b.ldn, g.cm, g.cn, k_eff, out_index);
-    for (int t = 0; t < k_eff; ++t)
-      values[c * k_eff + t] = s.coeffs[(out_index[t] / g.cn) * b.ldn + out_index[t] % g.cn];
+    const float factor = forward(b, s.block.data(), s, s.coeffs.data(), DctScale::kRelative);
+    select_chunk(b, s, k_eff, factor, indices + c * k_eff, values + c * k_eff);
   });
 }
 
@@ -282,10 +297,8 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
         __builtin_prefetch(next_state_rows + i * stride + col, 0, 2);
         return beta * load_vec<LeeVec>(state_rows + i * stride + col) + lr * load_vec<LeeVec>(grad_rows + i * grad_stride + col);
       };
-      forward_lee(b, updated_row, s, s.coeffs.data());
-      s.selector.select(s.coeffs.data(), b.ldn, g.cm, g.cn, kk, out_index);
-      for (int q = 0; q < kk; ++q)
-        out_value[q] = s.coeffs[(out_index[q] / g.cn) * b.ldn + out_index[q] % g.cn];
+      forward_lee(b, updated_row, s, s.coeffs.data(), DctScale::kRelative);
+      select_chunk(b, s, kk, lee_value_factor(b), out_index, out_value);
       auto store_state = [=](int i, int col, LeeVec sent) {
         __builtin_prefetch(next_grad_rows + (i * stride + col) * grad_bytes, 0, 2);
         store_vec<LeeVec>(state_rows + i * stride + col, updated_row(i, col) - sent);
@@ -306,9 +319,7 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
       for (; j < g.cn; ++j) row[j] = beta * old_row[j] + lr * grad_row[j];
     }
     forward(b, block, s, s.coeffs.data());
-    s.selector.select(s.coeffs.data(), b.ldn, g.cm, g.cn, kk, out_index);
-    for (int q = 0; q < kk; ++q)
-      out_value[q] = s.coeffs[(out_index[q] / g.cn) * b.ldn + out_index[q] % g.cn];
+    select_chunk(b, s, kk, 1.f, out_index, out_value);
     subtract_sent(b, out_index, out_value, kk, s, block);
     for (int i = 0; i < g.cm; ++i) {
       float* dst = state + site.offset + i * site.stride;

@@ -43,17 +43,8 @@ inline void fma_rows(const float* A, int lda, const float* B, int ldb, float* C,
 }
 
 #if defined(__AVX512F__)
-// The AVX-512 kernel set multiplies on 16-float registers, 4 rows x up to 4 vectors at a time
-// (16 accumulators of the 32 registers): half the instructions of the 8-float path.
-typedef float v16f __attribute__((vector_size(64)));
-
-inline v16f vload16(const float* p) {
-  v16f v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void vstore16(float* p, v16f v) { std::memcpy(p, &v, sizeof(v)); }
-inline v16f vfma(v16f a, v16f b, v16f c) { return (v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+// The AVX-512 kernel set multiplies on 16-float registers (simd.h), 4 rows x up to 4 vectors
+// at a time (16 accumulators of the 32 registers): half the instructions of the 8-float path.
 
 template <int ROWS, int NVB, bool ACCUMULATE>
 inline void fma_block16(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int K) {

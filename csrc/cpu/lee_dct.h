@@ -13,7 +13,10 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+
+#include "simd.h"
 
 // Internal linkage on purpose: compiled once per instruction set (see simd.h).
 namespace dk {
@@ -74,10 +77,10 @@ struct LeeInverse {
     }
     LeeInverse<V, H>::run(g, f);
     LeeInverse<V, H>::run(h, f);
-    for (int i = 0; i < H; ++i) {
-      const V odd = h[i] * f[H + i];
-      x[i] = g[i] + odd;
-      x[N - 1 - i] = g[i] - odd;
+    for (int i = 0; i < H; ++i) {  // g +- h * f, fused (encode-side rounding is free)
+      const V factor = V{} + f[H + i];
+      x[i] = vfma(h[i], factor, g[i]);
+      x[N - 1 - i] = vfnma(h[i], factor, g[i]);
     }
   }
 };
@@ -97,23 +100,47 @@ inline void store_vec(float* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
-// Orthonormal DCT-II along the row index of an N x width block, one strip of lanes at a time:
-// out row u = a(u) sum_i cos(pi (2i+1) u / 2N) row i, a(0) = sqrt(1/N), a(u) = sqrt(2/N).
-// row_at(i, s) yields the vector of row i at column s (a load, or a fused elementwise step);
-// width is a multiple of the vector's lanes. Output rows are ld_out floats apart.
+// How the forward stage scales its output rows: orthonormal, out row u = a(u) DCT(u) with
+// a(0) = sqrt(1/N), a(u) = sqrt(2/N); or relative, out = (a(u) / a(1)) DCT(u), i.e. only
+// row 0 times sqrt(1/2): a common factor a(1) per stage is left for the caller to apply once
+// (to the k picked values, rather than to every coefficient).
+enum class DctScale { kOrthonormal, kRelative };
+
+// The forward stage along the row index of an N x width block, one strip of lanes at a time:
+// out row u = scale(u) sum_i cos(pi (2i+1) u / 2N) row i. row_at(i, s) yields the vector of
+// row i at column s (a load, or a fused elementwise step); width is a multiple of the vector's
+// lanes. Output rows are ld_out floats apart. If column_max is given, column_max[j] gets the
+// largest |out[u][j]| bits over u (a selection bound, taken while the rows are in registers).
 template <class V, int N, class RowAt>
-inline void lee_dct_strips(RowAt row_at, float* out, int ld_out, int width) {
+inline void lee_dct_strips(RowAt row_at, float* out, int ld_out, int width, DctScale scale,
+                           uint32_t* column_max = nullptr) {
+  typedef int32_t VI __attribute__((vector_size(sizeof(V))));
   constexpr int lanes = sizeof(V) / sizeof(float);
   const float* f = lee_factors();
-  const float a0 = static_cast<float>(std::sqrt(1.0 / N)), a = static_cast<float>(std::sqrt(2.0 / N));
+  const bool orthonormal = scale == DctScale::kOrthonormal;
+  const float a0 = static_cast<float>(orthonormal ? std::sqrt(1.0 / N) : std::sqrt(0.5));
+  const float a = static_cast<float>(std::sqrt(2.0 / N));
   for (int s = 0; s < width; s += lanes) {
     V x[N];
     for (int i = 0; i < N; ++i) x[i] = row_at(i, s);
     LeeForward<V, N>::run(x, f);
-    store_vec<V>(out + s, x[0] * a0);
-    for (int u = 1; u < N; ++u) store_vec<V>(out + u * ld_out + s, x[u] * a);
+    x[0] *= a0;
+    if (orthonormal)
+      for (int u = 1; u < N; ++u) x[u] *= a;
+    for (int u = 0; u < N; ++u) store_vec<V>(out + u * ld_out + s, x[u]);
+    if (column_max) {
+      VI best = (VI)x[0] & 0x7fffffff;
+      for (int u = 1; u < N; ++u) {
+        const VI key = (VI)x[u] & 0x7fffffff;
+        best = best > key ? best : key;
+      }
+      std::memcpy(column_max + s, &best, sizeof(best));
+    }
   }
 }
+
+// a(1) = sqrt(2/N): the factor a kRelative stage leaves out.
+inline float dct_stage_factor(int n) { return static_cast<float>(std::sqrt(2.0 / n)); }
 
 // The inverse direction: x[i] = sum_u cos(pi (2i+1) u / 2N) z[u] along the row index, with the
 // coefficient rows z[u] (pointers: rows that are zero can share one) already scaled by a(u);
@@ -134,11 +161,12 @@ inline void lee_idct_strips(const float* const* z, Sink sink, int width) {
 inline bool lee_side(int c) { return c == 16 || c == 32 || c == 64; }
 
 template <class V, class RowAt>
-void lee_dct_strips_n(int n, RowAt row_at, float* out, int ld_out, int width) {
+void lee_dct_strips_n(int n, RowAt row_at, float* out, int ld_out, int width, DctScale scale,
+                      uint32_t* column_max = nullptr) {
   switch (n) {
-    case 16: lee_dct_strips<V, 16>(row_at, out, ld_out, width); break;
-    case 32: lee_dct_strips<V, 32>(row_at, out, ld_out, width); break;
-    default: lee_dct_strips<V, 64>(row_at, out, ld_out, width); break;
+    case 16: lee_dct_strips<V, 16>(row_at, out, ld_out, width, scale, column_max); break;
+    case 32: lee_dct_strips<V, 32>(row_at, out, ld_out, width, scale, column_max); break;
+    default: lee_dct_strips<V, 64>(row_at, out, ld_out, width, scale, column_max); break;
   }
 }
 

@@ -18,6 +18,8 @@
 #include <functional>
 #include <vector>
 
+#include "../include/distro_kernels.h"
+
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -109,18 +111,22 @@ class TopKSelector {
     keys_.resize(cap);
     index_.resize(cap);
     ties_.resize(k + 1);
-    group_max_.resize(static_cast<size_t>(k) + max_cols + kKeyLanes);
+    group_max_.resize(static_cast<size_t>(k) + max_cols + DK_MAX_CHUNK + kKeyLanes);
   }
 
   // X: rows x ld floats (cols valid per row); writes k ascending indices (u * cols + v).
-  void select(const float* X, int ld, int rows, int cols, int k, int32_t* out_index) {
+  // row_max, if given, holds each row's largest |X| bits (the fast DCT takes them in passing);
+  // with at least k rows they make the bound, and rows that cannot hold a pick are skipped.
+  void select(const float* X, int ld, int rows, int cols, int k, int32_t* out_index,
+              const uint32_t* row_max = nullptr) {
     const int total = rows * cols;
     if (k <= 0) return;
     if (k >= total) {
       for (int e = 0; e < total; ++e) out_index[e] = e;
       return;
     }
-    const int32_t bound = group_max_bound(X, ld, rows, cols, k);
+    if (rows < k) row_max = nullptr;
+    const int32_t bound = row_max ? row_max_bound(row_max, rows, k) : group_max_bound(X, ld, rows, cols, k);
     const int cap = 2 * k;
     int32_t threshold = bound;
     int n = 0;
@@ -136,6 +142,7 @@ class TopKSelector {
     // Hits are gathered 64 columns at a time so a run of misses costs one branch.
     constexpr int kSpan = 64;
     for (int u = 0; u < rows; ++u) {
+      if (row_max && static_cast<int32_t>(row_max[u]) <= threshold) continue;
       const float* row = X + static_cast<int64_t>(u) * ld;
       const int row_base = u * cols;
       int v = 0;
@@ -162,6 +169,14 @@ class TopKSelector {
   }
 
  private:
+  // The k-th largest of the rows' maxima (rows >= k).
+  int32_t row_max_bound(const uint32_t* row_max, int rows, int k) {
+    std::memcpy(group_max_.data(), row_max, sizeof(uint32_t) * rows);
+    for (int g = rows; g % kKeyLanes; ++g) group_max_[g] = 0;
+    int greater;
+    return static_cast<int32_t>(kth_largest(group_max_.data(), rows, k, &greater));
+  }
+
   // The k-th largest maximum over >= k groups: each column of each of ceil(k / cols) row blocks.
   int32_t group_max_bound(const float* X, int ld, int rows, int cols, int k) {
     const int blocks = (k + cols - 1) / cols;  // <= rows, since k < rows * cols

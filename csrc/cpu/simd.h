@@ -39,6 +39,29 @@ inline v8f vfma(v8f a, v8f b, v8f c) {
 #endif
 }
 
+// c - a * b, fused where the CPU can (encode only, like vfma).
+inline v8f vfnma(v8f a, v8f b, v8f c) {
+#if defined(__FMA__)
+  return (v8f)_mm256_fnmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return c - a * b;
+#endif
+}
+
+#if defined(__AVX512F__)
+// Sixteen-lane vectors for the AVX-512 set (products, the fast DCT, the selection scan).
+typedef float v16f __attribute__((vector_size(64)));
+
+inline v16f vload16(const float* p) {
+  v16f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void vstore16(float* p, v16f v) { std::memcpy(p, &v, sizeof(v)); }
+inline v16f vfma(v16f a, v16f b, v16f c) { return (v16f)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+inline v16f vfnma(v16f a, v16f b, v16f c) { return (v16f)_mm512_fnmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+#endif
+
 typedef int32_t v8i __attribute__((vector_size(32)));
 
 // (e0 o0 e1 o1 e2 o2 e3 o3) and (e4 o4 ... e7 o7): merges even- and odd-indexed halves.
