@@ -35,7 +35,7 @@ inline bool lee_chunk(const ChunkBases& b) { return lee_side(b.cm) && lee_side(b
 
 struct Scratch {
   AlignedBuffer<float> block, partial, coeffs, sent_rows, weights, half_a, half_b, row_tmp;
-  AlignedBuffer<float> packed_rows, zero_row;  // the Lee path's error feedback rows
+  AlignedBuffer<float> zero_row;  // the Lee path's error feedback: rows without a pick
   std::vector<const float*> row_of;
   std::vector<uint32_t> row_max;  // each coefficient row's largest |X| bits (Lee path)
   std::vector<int> sent_row_ids;
@@ -44,7 +44,7 @@ struct Scratch {
       : block(max_c * max_c + 8 * max_c), partial(max_c * max_c + 8 * max_c),
         coeffs(max_c * max_c + 8 * max_c), sent_rows(max_c * max_c + 8 * max_c),
         weights(max_c * max_c + 8 * max_c), half_a(max_c * max_c + 8 * max_c),
-        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8), packed_rows(max_c * max_c + 16),
+        half_b(max_c * max_c + 8 * max_c), row_tmp(max_c + 8),
         zero_row(max_c + 16), row_of(max_c), row_max(max_c + 16), sent_row_ids(2 * max_c) {
     selector.reserve(std::max(k, 1), max_c);
   }
@@ -66,15 +66,16 @@ void interleave_columns(const ChunkBases& b, float* rows, float* tmp) {
 // coeffs = C_m @ x @ C_n^T with Lee's transform: along m on column strips, then along n on the
 // transposed block, transposed back. row_at(i, s) yields x's row i at column s (a vector).
 // Sides are 16, 32 or 64, so ldm == cm and ldn == cn.
-// With DctScale::kRelative the result lacks the factor lee_value_factor(b) (see lee_dct.h).
-// s.row_max gets each coefficient row's largest |X| bits for the selection.
+// With DctScale::kRelative the result lacks the factor lee_value_factor(b) (see lee_dct.h) and
+// s.row_max gets each coefficient row's largest |X| bits (a selection follows; dct has none).
 template <class RowAt>
 void forward_lee(const ChunkBases& b, RowAt row_at, Scratch& s, float* coeffs, DctScale scale) {
   float* transposed = s.half_a.data();  // coeffs holds the first stage: 2 blocks stay in L1
   lee_dct_strips_n<LeeVec>(b.cm, row_at, coeffs, b.cn, b.cn, scale);
   transpose_block(coeffs, b.cn, transposed, b.cm, b.cm, b.cn);
   auto transposed_row = [&](int i, int col) { return load_vec<LeeVec>(transposed + i * b.cm + col); };
-  lee_dct_strips_n<LeeVec>(b.cn, transposed_row, transposed, b.cm, b.cm, scale, s.row_max.data());
+  uint32_t* row_max = scale == DctScale::kRelative ? s.row_max.data() : nullptr;
+  lee_dct_strips_n<LeeVec>(b.cn, transposed_row, transposed, b.cm, b.cm, scale, row_max);
   transpose_block(transposed, b.cm, coeffs, b.cn, b.cn, b.cm);
 }
 
@@ -124,6 +125,7 @@ float forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs
 // Top-k of the chunk's coefficients (ld = ldn) and their values times `factor`.
 void select_chunk(const ChunkBases& b, Scratch& s, int k, float factor, int32_t* out_index,
                   float* out_value) {
+  // (the Lee path ran with kRelative, which filled row_max)
   s.selector.select(s.coeffs.data(), b.ldn, b.cm, b.cn, k, out_index, lee_chunk(b) ? s.row_max.data() : nullptr);
   for (int q = 0; q < k; ++q)
     out_value[q] = factor * s.coeffs[(out_index[q] / b.cn) * b.ldn + out_index[q] % b.cn];
@@ -155,30 +157,23 @@ int gather_sent_rows(const ChunkBases& b, const int32_t* picked, const float* pi
   return n_rows;
 }
 
-// Error feedback on the Lee path: row u of S @ C_n, scaled by a_m(u), for the picked u only
-// (packed, the rest point at one zero row), then the inverse transform along m.
+// Error feedback on the Lee path: the picked rows of S @ C_n (gather_sent_rows), scaled by
+// a_m(u), then the inverse transform along m; the rows without a pick point at one zero row.
 // sink(i, col, sent) receives row i of C_m^T @ S @ C_n at column col.
 template <class Sink>
 void subtract_sent_lee(const ChunkBases& b, const int32_t* picked, const float* picked_values,
                        int k, Scratch& s, Sink sink) {
-  constexpr int lanes = sizeof(LeeVec) / sizeof(float);
+  float* rows = s.sent_rows.data();
+  int* row_ids = s.sent_row_ids.data();
+  const int n_rows = gather_sent_rows(b, picked, picked_values, k, rows, row_ids);
   const float** row_of = s.row_of.data();
   for (int u = 0; u < b.cm; ++u) row_of[u] = s.zero_row.data();
   const float a0 = static_cast<float>(std::sqrt(1.0 / b.cm)), a = static_cast<float>(std::sqrt(2.0 / b.cm));
-  float* row = s.packed_rows.data();
-  for (int t = 0; t < k; row += b.ldn) {  // picked is ascending: a row's coefficients are adjacent
-    const int u = picked[t] / b.cn;
-    const float scale = u == 0 ? a0 : a;
-    const float* basis_row = b.cn_rows.data() + (picked[t] % b.cn) * b.ldn;
-    const float first = picked_values[t] * scale;
-    for (int q = 0; q < b.cn; q += lanes) store_vec<LeeVec>(row + q, first * load_vec<LeeVec>(basis_row + q));
-    for (++t; t < k && picked[t] / b.cn == u; ++t) {
-      const LeeVec value = LeeVec{} + picked_values[t] * scale;
-      basis_row = b.cn_rows.data() + (picked[t] % b.cn) * b.ldn;
-      for (int q = 0; q < b.cn; q += lanes)
-        store_vec<LeeVec>(row + q, vfma(value, load_vec<LeeVec>(basis_row + q), load_vec<LeeVec>(row + q)));
-    }
-    row_of[u] = row;
+  for (int r = 0; r < n_rows; ++r) {
+    float* row = rows + row_ids[r] * b.ldn;
+    const v8f scale = vsplat(row_ids[r] == 0 ? a0 : a);
+    for (int q = 0; q < b.ldn; q += kLanes) vstore(row + q, scale * vload(row + q));
+    row_of[row_ids[r]] = row;
   }
   lee_idct_strips_n<LeeVec>(b.cm, row_of, sink, b.cn);
 }
@@ -286,22 +281,25 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
       // delta = beta * delta + lr * grad inside the first transform stage's loads, and again
       // (same bits) where the error feedback writes the corrected state straight to the tensor:
       // cheaper than keeping the block in scratch. Each vector also prefetches the next chunk's
-      // line at the same place (state, then gradient), so the fetch overlaps the arithmetic.
+      // line at the same place (state in the first stage, gradient in the error feedback).
       float* const state_rows = state + site.offset;
       const float* const grad_rows = direct ? static_cast<const float*>(grads[t]) + site.offset : s.partial.data();
       const int64_t stride = site.stride, grad_stride = direct ? site.stride : b.ldn;
       const int grad_bytes = dtype_bytes(grad_dtypes[t]);
       const float* const next_state_rows = state + next.offset;
       const char* const next_grad_rows = static_cast<const char*>(grads[t]) + next.offset * grad_bytes;
-      auto updated_row = [=](int i, int col) {
-        __builtin_prefetch(next_state_rows + i * stride + col, 0, 2);
+      auto update = [=](int i, int col) {
         return beta * load_vec<LeeVec>(state_rows + i * stride + col) + lr * load_vec<LeeVec>(grad_rows + i * grad_stride + col);
       };
-      forward_lee(b, updated_row, s, s.coeffs.data(), DctScale::kRelative);
+      auto first_stage_row = [=](int i, int col) {
+        __builtin_prefetch(next_state_rows + i * stride + col, 0, 2);
+        return update(i, col);
+      };
+      forward_lee(b, first_stage_row, s, s.coeffs.data(), DctScale::kRelative);
       select_chunk(b, s, kk, lee_value_factor(b), out_index, out_value);
       auto store_state = [=](int i, int col, LeeVec sent) {
         __builtin_prefetch(next_grad_rows + (i * stride + col) * grad_bytes, 0, 2);
-        store_vec<LeeVec>(state_rows + i * stride + col, updated_row(i, col) - sent);
+        store_vec<LeeVec>(state_rows + i * stride + col, update(i, col) - sent);
       };
       subtract_sent_lee(b, out_index, out_value, kk, s, store_state);
       return;
