@@ -16,7 +16,7 @@ import time
 import torch
 
 import distro_kernels as dk
-from distro_kernels import cpu_backend
+from distro_kernels import native_cpu
 from distro_kernels.chunking import chunk_plan
 
 
@@ -49,8 +49,8 @@ def main() -> None:
     print("per call, 1-element compress:")
     print(f"  public dk.compress                 {per_call_us(lambda: dk.compress(x, backend='cpu')):7.1f} us")
     raw = torch.ops.distro_kernels.compress
-    print(f"  raw torch.ops.distro_kernels op    {per_call_us(lambda: raw(x, 32, 64, 'divisor', 'cpu')):7.1f} us")
-    print(f"  backend function (no dispatch)     {per_call_us(lambda: cpu_backend.compress(x, plan, 32)):7.1f} us")
+    print(f"  raw torch.ops.distro_kernels op    {per_call_us(lambda: raw(x, 32, 64, 'divisor')):7.1f} us")
+    print(f"  backend function (no dispatch)     {per_call_us(lambda: native_cpu.compress(x, plan, 32)):7.1f} us")
 
     shapes = [(64, 64)] * 100 + [(128, 64)] * 50 + [(64,)] * 50
     grads = [torch.randn(s) for s in shapes]

@@ -1,7 +1,9 @@
 """distro_kernels: compression and exchange kernels for low-bandwidth distributed training.
 
 Chunked DCT, per-chunk top-k, sign quantization and bit-exact sparse decode (see SPEC), as
-``torch.library`` custom ops with ``reference`` (eager torch) and ``cpu`` (C++) backends.
+``torch.library`` custom ops whose kernels are registered per device (``dispatch``): native
+C++ on CPU tensors, native CUDA/HIP or Triton on GPU tensors, the eager ``reference``
+elsewhere.
 """
 
 from ._version import __version__
@@ -15,16 +17,19 @@ from .ops import (
     decompress_many,
     demo_step_,
     demo_step_many_,
+    demo_step_many_flat_,
     idct,
     pack_signs,
     split_flat,
     unpack_signs,
 )
 
-try:  # optional Triton backend: registers "triton" for CUDA tensors when Triton imports
-    from . import triton as _triton_backend  # noqa: F401
-except Exception:  # never let an optional backend break the import; info() records why
-    pass
+try:  # optional Triton kernels: register "triton" for CUDA tensors when Triton imports
+    from . import triton as _triton_kernels  # noqa: F401
+except Exception as exc:  # never let an optional piece break the import; info() records why
+    from . import dispatch as _dispatch
+
+    _dispatch.mark_unavailable("triton", f"distro_kernels.triton failed to import: {exc!r}")
 
 __all__ = [
     "__version__",
@@ -37,6 +42,7 @@ __all__ = [
     "decompress_many",
     "demo_step_",
     "demo_step_many_",
+    "demo_step_many_flat_",
     "idct",
     "info",
     "pack_signs",

@@ -7,7 +7,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import cli as demo_cli
+    from .app import cli as demo_cli
 
     parser = argparse.ArgumentParser(
         prog="distro-kernels", description="distro_kernels: DeMo/DisTrO compression kernels.")

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
+
 POLICIES = ("divisor", "pad")
 
 
@@ -104,3 +106,35 @@ def chunk_plan(shape: Sequence[int], chunk: int = 64, policy: str = "divisor") -
         padded = (pn,) if shape else (1,)
         padded = padded if pn != n else shape
     return ChunkPlan(shape, padded, mode, batch, pm, pn, cm, cn, int(chunk), policy)
+
+
+# Layout helpers every backend uses: a tensor of ``plan.shape`` <-> its chunks.
+
+
+def to_chunks(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    """``x`` of ``plan.padded_shape`` -> ``(n_chunks, cm, cn)`` in SPEC chunk order."""
+    x = x.reshape(plan.batch, plan.chunks_m, plan.cm, plan.chunks_n, plan.cn)
+    return x.permute(0, 1, 3, 2, 4).reshape(plan.n_chunks, plan.cm, plan.cn)
+
+
+def from_chunks(blocks: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    """Inverse of :func:`to_chunks`: ``(n_chunks, cm, cn)`` -> ``plan.padded_shape``."""
+    x = blocks.reshape(plan.batch, plan.chunks_m, plan.chunks_n, plan.cm, plan.cn)
+    return x.permute(0, 1, 3, 2, 4).reshape(plan.padded_shape)
+
+
+def pad_to_plan(x: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    """Zero-pad ``x`` (of ``plan.shape``) to ``plan.padded_shape`` (a no-op for ``divisor``)."""
+    x = x.reshape(plan.shape) if x.dim() or plan.shape else x.reshape(1)
+    if not plan.is_padded:
+        return x.reshape(plan.padded_shape)
+    out = x.new_zeros(plan.padded_shape)
+    out[tuple(slice(0, d) for d in x.shape)] = x
+    return out
+
+
+def crop_to_shape(y: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
+    """Drops ``pad`` padding; the result is contiguous (as the fake kernels promise)."""
+    if plan.is_padded:
+        y = y[tuple(slice(0, d) for d in plan.shape)]
+    return y.reshape(plan.shape).contiguous()

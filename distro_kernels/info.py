@@ -6,20 +6,22 @@ import platform
 
 import torch
 
-from . import backends
+from . import dispatch
 from ._ext import cpu_ext
 from ._version import __version__
 
 
 def info() -> dict:
-    """Version, available backends (and why others are not), CPU features, thread count."""
+    """Version, what each device type runs by default (and why anything is missing), the
+    implementations available, CPU features, thread count."""
     cpu_features = cpu_ext.cpu_features() if cpu_ext is not None else {}
     return {
         "version": __version__,
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "backends": backends.available(),
-        "unavailable": dict(backends.unavailable),
+        "backends": dispatch.available(),
+        "devices": dispatch.table(),
+        "unavailable": dict(dispatch.unavailable),
         "cpu_features": cpu_features,
         "cpu_kernel": cpu_ext.kernel_variant() if cpu_ext is not None else None,
         "threads": torch.get_num_threads(),

@@ -119,3 +119,45 @@ def check_sparse_content(
             raise content_error("index_order", peer)
         if value_codec != "sign" and not bool(torch.all(values.float().abs() < 2.0**64)):
             raise content_error("value", peer)
+
+
+# ----------------------------------------------------------------------------- devices, aliasing
+
+
+def check_one_device(what: str, tensors: Sequence[torch.Tensor]) -> torch.device | None:
+    """All of ``tensors`` on one device (the kernel of one device must never see another
+    device's memory); returns it, or ``None`` for an empty list."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(d) for d in devices))
+        raise ValueError(f"{what}: all tensors must be on one device, got {names}")
+    return next(iter(devices)) if devices else None
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int, int]:
+    """``(storage key, first byte, end byte)`` a tensor may touch (its strided extent)."""
+    if t.numel() == 0:
+        return (0, 0, 0)
+    extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    start = t.data_ptr()
+    return (t.untyped_storage().data_ptr(), start, start + extent * t.element_size())
+
+
+def check_no_overlap(written: Sequence[tuple[str, torch.Tensor]],
+                     read: Sequence[tuple[str, torch.Tensor]] = ()) -> None:
+    """No tensor that an op writes in place shares memory with another tensor of the call:
+    chunks of "different" tensors run concurrently, so aliases would race. Reads may share."""
+    spans = [(_byte_span(t), name, True) for name, t in written]
+    spans += [(_byte_span(t), name, False) for name, t in read]
+    spans = sorted((s for s in spans if s[0][2] > s[0][1]), key=lambda s: (s[0][0], s[0][1]))
+    reach_any: dict[int, tuple[int, str]] = {}  # storage -> furthest end so far, and whose
+    reach_written: dict[int, tuple[int, str]] = {}
+    for (key, start, end), name, is_written in spans:
+        earlier = reach_any if is_written else reach_written
+        hit = earlier.get(key)
+        if hit is not None and start < hit[0]:
+            raise ValueError(f"{hit[1]} and {name} share memory; an in-place op needs "
+                             "distinct tensors (clone one)")
+        for reach, applies in ((reach_any, True), (reach_written, is_written)):
+            if applies and end > reach.get(key, (0, ""))[0]:
+                reach[key] = (end, name)

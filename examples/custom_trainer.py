@@ -26,8 +26,8 @@ import torch.distributed as dist
 
 import distro_kernels as dk
 from distro_kernels import transport, wire
-from distro_kernels.demo.data import Shard
-from distro_kernels.demo.model import ModelConfig, build_model
+from distro_kernels.app.data import Shard
+from distro_kernels.app.model import ModelConfig, build_model
 
 K, CHUNK, DECAY, CODEC = 32, 64, 0.999, "sign"
 

@@ -17,7 +17,7 @@ if _TESTS not in sys.path:
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from distro_kernels import backends  # noqa: E402
+from distro_kernels import dispatch  # noqa: E402
 
 # "ci" (default) keeps the whole suite fast on two cores; "thorough" for local soak runs:
 #   DISTRO_HYPOTHESIS_PROFILE=thorough python -m pytest tests/
@@ -39,30 +39,53 @@ settings.load_profile(os.environ.get("DISTRO_HYPOTHESIS_PROFILE", "ci"))
 
 
 
-def _runs_on_cpu(name: str) -> bool:
-    try:
-        backends.resolve(name, torch.device("cpu"))
-        return True
-    except (ValueError, RuntimeError):
-        return False
-
-
-# Backends that run on CPU tensors (this suite's tensors), as registered when the suite is
-# collected: ``reference`` always, ``cpu`` once built. (A GPU-only backend such as ``triton``
-# registers for ``cuda`` only and is covered by its own tests.)
-BACKENDS = [name for name in backends.available() if _runs_on_cpu(name)]
-HAS_CPU = "cpu" in BACKENDS
+# Implementations that run on CPU tensors (this suite's tensors), as registered when the suite
+# is collected: ``reference`` always, ``native`` (the C++ kernels) once built. (``triton`` runs
+# CPU tensors only in its interpreter, covered by its own subprocess test.)
+BACKENDS = [name for name in dispatch.available() if "cpu" in dispatch.device_types(name)]
+HAS_CPU = "native" in BACKENDS  # the native CPU kernels are built and loaded
 CPU_SKIP_REASON = (
-    "cpu backend not available: "
-    + backends.unavailable.get("cpu", "not registered")
-    + " (build it with `pip install --no-build-isolation -e .`)"
+    "native CPU kernels not available: "
+    + dispatch.unavailable.get("native:cpu", "not registered")
+    + " (build them with `pip install --no-build-isolation -e .`)"
 )
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason=CPU_SKIP_REASON)
 
 
+def required_backends() -> list[str]:
+    """What this run must test: ``DISTRO_KERNELS_REQUIRE`` (comma-separated), or under CI
+    (``CI=true``) the native CPU kernels and Triton. A missing one fails the run: CI must
+    never go green because every case of a backend silently disappeared."""
+    names = os.environ.get("DISTRO_KERNELS_REQUIRE")
+    if names is None:
+        names = "native,triton" if os.environ.get("CI", "").lower() == "true" else ""
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def missing_backends(names) -> dict[str, str]:
+    from distro_kernels import triton as triton_kernels
+
+    missing = {}
+    for name in names:
+        if name == "native" and not HAS_CPU:
+            missing[name] = CPU_SKIP_REASON
+        elif name == "triton" and triton_kernels.TRITON_ERROR is not None:
+            missing[name] = triton_kernels.TRITON_ERROR
+        elif name not in ("native", "triton"):
+            missing[name] = "unknown name (expected native or triton)"
+    return missing
+
+
+def pytest_configure(config):
+    missing = missing_backends(required_backends())
+    if missing:
+        lines = "; ".join(f"{name}: {why}" for name, why in missing.items())
+        raise pytest.UsageError(f"required backend(s) missing, refusing to run: {lines}")
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request) -> str:
-    """Every available backend name (``reference`` always; ``cpu`` once built)."""
+    """Every implementation that runs CPU tensors (``reference`` always; ``native`` once built)."""
     return request.param
 
 

@@ -10,6 +10,7 @@ from torch.library import opcheck
 import distro_kernels as dk
 import spec_numpy as sn
 from conftest import BACKENDS, assert_same_bits, randn
+from distro_kernels import dispatch
 
 ops = torch.ops.distro_kernels
 OP_NAMES = ["dct", "idct", "compress", "decompress", "decompress_many", "demo_step_",
@@ -20,7 +21,7 @@ def test_every_op_is_registered():
     for name in OP_NAMES:
         assert hasattr(ops, name), name
         assert isinstance(getattr(ops, name).default, torch._ops.OpOverload)
-    assert ops.dct.default is dk.ops._dct_op._opoverload
+    assert ops.dct.default is dk.ops.definitions.dct._opoverload
 
 
 def _samples(backend):
@@ -30,42 +31,39 @@ def _samples(backend):
     out = []
     for shape, chunk in [((6, 10), 4), ((7,), 64), ((), 64), ((2, 3, 5), 4)]:
         xs = torch.randn(shape, generator=g)
-        out.append((ops.dct.default, (xs, chunk, "divisor", backend)))
-        out.append((ops.compress.default, (xs, 3, chunk, "divisor", backend)))
+        out.append((ops.dct.default, (xs, chunk, "divisor")))
+        out.append((ops.compress.default, (xs, 3, chunk, "divisor")))
         p = sn.plan(shape, chunk)
         C = torch.randn(p.n_chunks, p.E, generator=g)
-        out.append((ops.idct.default, (C, list(shape), chunk, "divisor", backend)))
-    out.append((ops.dct.default, (x.to(torch.bfloat16), 4, "pad", backend)))
-    out.append((ops.compress.default, (x.to(torch.float16), 100, 4, "pad", backend)))
+        out.append((ops.idct.default, (C, list(shape), chunk, "divisor")))
+    out.append((ops.dct.default, (x.to(torch.bfloat16), 4, "pad")))
+    out.append((ops.compress.default, (x.to(torch.float16), 100, 4, "pad")))
     i, v = dk.compress(x, 3, 4, backend=backend)
     i2, v2 = dk.compress(-x, 3, 4, backend=backend)
     for reduce in ("mean", "sum_over_peers"):
         out.append((ops.decompress.default,
-                     ([i, i2], [v, v2], [6, 10], 4, reduce, "f32", False, "divisor", backend)))
+                     ([i, i2], [v, v2], [6, 10], 4, reduce, "f32", False, "divisor")))
     out.append((ops.decompress.default,
                  ([i, i2], [dk.pack_signs(v), dk.pack_signs(v2)], [6, 10], 4, "mean", "sign",
-                  True, "divisor", backend)))
+                  True, "divisor")))
     out.append((ops.decompress.default,
-                 ([i], [v.to(torch.bfloat16)], [6, 10], 4, "mean", "bf16", False, "divisor",
-                  backend)))
+                 ([i], [v.to(torch.bfloat16)], [6, 10], 4, "mean", "bf16", False, "divisor")))
     # decompress_many: two tensors ((6, 10) and (7,)), two peers each, flattened tensor-major
     j, w = dk.compress(torch.randn(7, generator=g), 2, 4, backend=backend)
     out.append((ops.decompress_many.default,
-                ([i, i2, j, j], [v, v2, w, -w], [6, 10, 7], [2, 1], 4, "mean", "f32", False,
-                 backend)))
-    out.append((ops.pack_signs.default, (v, backend)))
-    out.append((ops.pack_signs.default, (torch.randn(13, generator=g), backend)))
-    out.append((ops.unpack_signs.default, (dk.pack_signs(v), v.numel(), backend)))
-    out.append((ops.unpack_signs.default, (torch.tensor([5, 255], dtype=torch.uint8), 11,
-                                           backend)))
+                ([i, i2, j, j], [v, v2, w, -w], [6, 10, 7], [2, 1], 4, "mean", "f32", False)))
+    out.append((ops.pack_signs.default, (v,)))
+    out.append((ops.pack_signs.default, (torch.randn(13, generator=g),)))
+    out.append((ops.unpack_signs.default, (dk.pack_signs(v), v.numel())))
+    out.append((ops.unpack_signs.default, (torch.tensor([5, 255], dtype=torch.uint8), 11)))
     out.append((ops.demo_step_.default,
-                (torch.randn(6, 10, generator=g), x, 0.9, 1.0, 3, 4, backend)))
+                (torch.randn(6, 10, generator=g), x, 0.9, 1.0, 3, 4)))
     out.append((ops.demo_step_.default,
                 (torch.randn(7, generator=g), torch.randn(7, generator=g).half(), 0.5, 2.0, 2,
-                 64, backend)))
+                 64)))
     out.append((ops.demo_step_many_.default,
                 ([torch.randn(6, 10, generator=g), torch.randn(5, generator=g)],
-                 [x, torch.randn(5, generator=g).to(torch.bfloat16)], 0.9, 1.0, 3, 4, backend)))
+                 [x, torch.randn(5, generator=g).to(torch.bfloat16)], 0.9, 1.0, 3, 4)))
     return out
 
 
@@ -97,7 +95,8 @@ def test_samples_cover_every_op():
 @pytest.mark.parametrize("backend_name, n", SAMPLE_PARAMS)
 def test_opcheck(backend_name, n):
     op, args = SAMPLES[backend_name][n]
-    result = opcheck(op, _clone_args(args))
+    with dispatch.forced(backend_name):
+        result = opcheck(op, _clone_args(args))
     bad = {k: v for k, v in result.items() if v != "SUCCESS"}
     assert not bad, bad
 
@@ -106,7 +105,8 @@ def test_opcheck(backend_name, n):
 def test_fake_tensors_give_shapes_and_dtypes(backend_name, n):
     """Under FakeTensorMode every op returns the shapes, dtypes and strides the real op does."""
     op, args = SAMPLES[backend_name][n]
-    real = op(*_clone_args(args))
+    with dispatch.forced(backend_name):
+        real = op(*_clone_args(args))
     with FakeTensorMode(allow_non_fake_inputs=False) as mode:
         fake_args = [
             mode.from_tensor(a) if isinstance(a, torch.Tensor)
@@ -166,16 +166,17 @@ def test_real_outputs_match_fake_strides(backend, shape, chunk):
 # ---------------------------------------------------------------------------- torch.compile
 
 
-def _encode_decode(x, delta, grad, backend, chunk=16):
-    i, v = dk.compress(x, 5, chunk, backend=backend)
-    i2, v2 = dk.compress(x * 0.5 + 1.0, 5, chunk, backend=backend)
-    y = dk.decompress([i, i2], [v, v2], x.shape, chunk, backend=backend)
-    ys = dk.decompress([i, i2], [dk.pack_signs(v, backend=backend),
-                                 dk.pack_signs(v2, backend=backend)], x.shape, chunk,
-                       value_codec="sign", sign=True, backend=backend)
-    si, sv = dk.demo_step_(delta, grad, 0.9, 1.0, 4, chunk, backend=backend)
-    C = dk.dct(x, chunk, backend=backend)
-    back = dk.idct(C * 2.0, x.shape, chunk, backend=backend)
+def _encode_decode(x, delta, grad, chunk=16):
+    """No backend argument: compiled graphs carry none; ``dispatch.forced`` around the call
+    (not inside the graph) picks the implementation at run time."""
+    i, v = dk.compress(x, 5, chunk)
+    i2, v2 = dk.compress(x * 0.5 + 1.0, 5, chunk)
+    y = dk.decompress([i, i2], [v, v2], x.shape, chunk)
+    ys = dk.decompress([i, i2], [dk.pack_signs(v), dk.pack_signs(v2)], x.shape, chunk,
+                       value_codec="sign", sign=True)
+    si, sv = dk.demo_step_(delta, grad, 0.9, 1.0, 4, chunk)
+    C = dk.dct(x, chunk)
+    back = dk.idct(C * 2.0, x.shape, chunk)
     # consumers that depend on the output layout
     return (y + 1.0).reshape(-1), ys.reshape(-1)[:50], si, sv, back.t().contiguous()
 
@@ -195,12 +196,14 @@ def test_compile_fullgraph_aot_eager(backend, shape, chunk):
     torch._dynamo.reset()
 
     def f(x, delta, grad):
-        return _encode_decode(x, delta, grad, backend, chunk)
+        return _encode_decode(x, delta, grad, chunk)
 
     x, delta, grad = randn(shape, 21), randn(shape, 22), randn(shape, 23, torch.bfloat16)
     d_eager, d_comp = delta.clone(), delta.clone()
-    eager = f(x, d_eager, grad)
-    comp = torch.compile(f, fullgraph=True, backend="aot_eager")(x, d_comp, grad)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    with dispatch.forced(backend):
+        eager = f(x, d_eager, grad)
+        comp = compiled(x, d_comp, grad)
     _compare(eager, comp)
     assert_same_bits(d_comp, d_eager)  # the in-place state update survived compilation
     assert not torch.equal(d_comp, delta)
@@ -212,24 +215,25 @@ def test_compile_fullgraph_inductor():
     torch._dynamo.reset()
     shape, chunk = (64, 97), 64
 
-    def f(x, deltas, grad):
-        return [_encode_decode(x, d, grad, be, chunk) for d, be in zip(deltas, BACKENDS)]
+    def f(x, delta, grad):
+        return _encode_decode(x, delta, grad, chunk)
 
     x, delta, grad = randn(shape, 31), randn(shape, 32), randn(shape, 33, torch.float16)
-    d_eager = [delta.clone() for _ in BACKENDS]
-    d_comp = [delta.clone() for _ in BACKENDS]
-    eager = f(x, d_eager, grad)
-    comp = torch.compile(f, fullgraph=True)(x, d_comp, grad)
-    for be, a, b, da, db in zip(BACKENDS, eager, comp, d_eager, d_comp):
-        _compare(a, b)
-        assert_same_bits(db, da)
+    compiled = torch.compile(f, fullgraph=True)
+    for be in BACKENDS:  # one graph, every implementation: no backend is baked in
+        d_eager, d_comp = delta.clone(), delta.clone()
+        with dispatch.forced(be):
+            eager = f(x, d_eager, grad)
+            comp = compiled(x, d_comp, grad)
+        _compare(eager, comp)
+        assert_same_bits(d_comp, d_eager)
 
 
 def test_compile_demo_step_many(backend):
     torch._dynamo.reset()
 
     def step(deltas, grads):
-        return dk.demo_step_many_(deltas, grads, 0.9, 1.0, 3, 8, backend=backend)
+        return dk.demo_step_many_(deltas, grads, 0.9, 1.0, 3, 8)
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     shapes = [(16, 24), (7,), (3, 5, 7)]
@@ -237,8 +241,9 @@ def test_compile_demo_step_many(backend):
     grads = [randn(s, 10 + i) for i, s in enumerate(shapes)]
     d1 = [d.clone() for d in deltas]
     d2 = [d.clone() for d in deltas]
-    a_i, a_v = step(d1, grads)
-    b_i, b_v = compiled(d2, grads)
+    with dispatch.forced(backend):
+        a_i, a_v = step(d1, grads)
+        b_i, b_v = compiled(d2, grads)
     for x, y in zip(a_i + a_v + d1, b_i + b_v + d2):
         assert torch.equal(x, y)
 
@@ -248,17 +253,38 @@ def test_compile_rejects_bad_arguments_at_trace_time(backend):
     torch._dynamo.reset()
 
     def f(x):
-        return dk.compress(x, 0, 8, backend=backend)
+        return dk.compress(x, 0, 8)
 
-    with pytest.raises(Exception, match="k must be >= 1"):
+    with dispatch.forced(backend), pytest.raises(Exception, match="k must be >= 1"):
         torch.compile(f, fullgraph=True, backend="aot_eager")(torch.randn(8, 8))
+
+
+def test_backend_override_is_eager_only_under_compile():
+    """``backend=`` never enters a graph: with ``fullgraph=True`` it is refused, otherwise the
+    call runs outside the graph and gives the eager result."""
+    torch._dynamo.reset()
+
+    def f(x):
+        i, v = dk.compress(x, 4, 8, backend="reference")
+        return i, v * 2.0
+
+    x = torch.randn(16, 16)
+    with pytest.raises(Exception, match="(?i)disable|skip"):
+        torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    torch._dynamo.reset()
+    got, want = torch.compile(f, backend="aot_eager")(x), f(x)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_info_reports_backends():
     info = dk.info()
-    assert info["backends"] == dk.backends.available()
+    assert info["backends"] == dk.dispatch.available()
     assert set(BACKENDS) <= set(info["backends"]) and "reference" in info["backends"]
-    for name, why in info["unavailable"].items():
-        assert name not in info["backends"] and why
+    for name, why in info["unavailable"].items():  # "native:cuda" = native on cuda devices
+        implementation, _, device = name.partition(":")
+        assert why and (device or implementation not in info["backends"])
+        if device:
+            assert implementation not in info["devices"][device]["available"]
+    assert info["devices"]["cpu"]["default"] == ("native" if "native" in BACKENDS else "reference")
     assert info["version"] == dk.__version__
     assert isinstance(info["threads"], int) and info["threads"] >= 1

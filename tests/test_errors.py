@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import distro_kernels as dk
-from distro_kernels import backends
+from distro_kernels import dispatch
 from conftest import BACKENDS, HAS_CPU
 
 ops = torch.ops.distro_kernels
@@ -285,7 +285,8 @@ def test_unknown_policy(backend):
 
 def test_unknown_backend():
     x = torch.randn(8, 8)
-    frag = r"backend must be one of \('auto', 'reference', 'cpu', 'triton', 'cuda'\), got 'gpu'"
+    frag = (r"backend must be one of \('auto', 'reference', 'native', 'triton', 'cpu', 'cuda'\), "
+            r"got 'gpu'")
     _raises(ValueError, frag, dk.dct, x, 8, backend="gpu")
     _raises(ValueError, "backend must be one of", dk.compress, x, 3, 8, backend="gpu")
     _raises(ValueError, "backend must be one of", dk.idct, torch.zeros(1, 64), (8, 8), 8,
@@ -301,7 +302,9 @@ def test_unknown_backend():
     assert not torch.any(delta)
 
 
-@pytest.mark.parametrize("name", [n for n in ("triton", "cuda", "cpu") if n not in backends.available()])
+@pytest.mark.parametrize("name", [n for n in ("triton", "native", "cpu")
+                                  if "cpu" not in dispatch.device_types(n)
+                                  and not dispatch.device_types(n)])
 def test_backend_not_available(name):
     x = torch.randn(8, 8)
     err = _raises(RuntimeError, f"backend '{name}' is not available", dk.dct, x, 8, backend=name)
@@ -314,19 +317,21 @@ def test_backend_not_available(name):
     assert not torch.any(delta)
 
 
-@pytest.mark.skipif("triton" not in backends.available(), reason="triton is not installed")
+@pytest.mark.skipif("triton" not in dispatch.available(), reason="triton is not installed")
 def test_triton_refuses_cpu_tensors():
     """Triton registers for CUDA tensors; asked to run on CPU tensors it says so."""
     _raises(ValueError, "backend 'triton' does not run on cpu tensors", dk.dct, torch.randn(8, 8), 8,
             backend="triton")
 
 
-@pytest.mark.skipif(not HAS_CPU, reason="needs the cpu backend")
+@pytest.mark.skipif(not HAS_CPU, reason="needs the native CPU kernels")
 def test_backend_wrong_device():
-    """cpu runs on CPU tensors only: a meta tensor is refused with a clear message."""
-    x = torch.empty(8, 8, device="meta")
-    _raises(ValueError, "backend 'cpu' does not run on meta tensors",
-            dk.backends.resolve, "cpu", x.device)
+    """``cpu`` (native on CPU) runs on CPU tensors only; ``native`` is not built for meta.
+    (Ops on meta tensors run their fakes, whatever the override: shapes need no kernel.)"""
+    _raises(ValueError, "backend 'cpu' runs on cpu tensors, got meta tensors",
+            dispatch.resolve, "cpu", torch.device("meta"))
+    _raises(ValueError, "backend 'native' does not run on meta tensors",
+            dispatch.resolve, "native", torch.device("meta"))
 
 
 # ---------------------------------------------------------------------------- shapes
@@ -417,79 +422,85 @@ def test_many_bad_tensor_changes_nothing(backend, which):
 
 
 def _raw_decompress(idx, vals, shape, reduce="mean", codec="f32"):
-    return lambda be: ops.decompress(idx, vals, shape, 8 if shape != [64] else 64, reduce, codec,
-                                     False, "divisor", be)
+    return lambda: ops.decompress(idx, vals, shape, 8 if shape != [64] else 64, reduce, codec,
+                                  False, "divisor")
 
 
 _I = [torch.tensor([[0, 3]], dtype=I32)]
 _V = [torch.tensor([[1.0, 2.0]])]
 
-# name: (call(backend) -> result, acceptable(result, backend) or None when it must raise)
+# name: (call() -> result, message regex when it must raise, or acceptable(result, backend))
 RAW_CASES = {
-    "decompress_short_values": (_raw_decompress(_I, [torch.tensor([1.0])], [8]), None),
-    "decompress_mismatched_lists": (_raw_decompress(_I * 2, _V, [8]), None),
-    "decompress_wrong_chunk_count": (_raw_decompress(_I, _V, [16]), None),
-    "decompress_unknown_reduce": (_raw_decompress(_I, _V, [8], reduce="median"), None),
-    "decompress_unknown_codec": (_raw_decompress(_I, _V, [8], codec="int8"), None),
+    "decompress_short_values": (_raw_decompress(_I, [torch.tensor([1.0])], [8]),
+                                r"peer 0: 1 values for 2 indices"),
+    "decompress_mismatched_lists": (_raw_decompress(_I * 2, _V, [8]),
+                                    r"indices_list has 2 peers but values_list has 1"),
+    "decompress_wrong_chunk_count": (_raw_decompress(_I, _V, [16]),
+                                     r"peer 0: indices must have shape \(2, k\), got \(1, 2\)"),
+    "decompress_unknown_reduce": (_raw_decompress(_I, _V, [8], reduce="median"),
+                                  r"reduce must be one of \('mean', 'sum_over_peers'\), got 'median'"),
+    "decompress_unknown_codec": (_raw_decompress(_I, _V, [8], codec="int8"),
+                                 r"value_codec must be one of .*got 'int8'"),
     "decompress_short_sign_bytes": (
         _raw_decompress([torch.arange(64, dtype=I32).reshape(1, 64)],
-                        [torch.zeros(1, dtype=torch.uint8)], [64], codec="sign"), None),
-    "decompress_int64_indices": (
-        _raw_decompress([_I[0].long()], _V, [8]),
-        lambda out, be: torch.equal(out, dk.decompress(_I, _V, [8], 8, backend=be))),
-    "idct_short_coeffs": (lambda be: ops.idct(torch.ones(3), [8], 8, "divisor", be), None),
-    "dct_float64": (
-        lambda be: ops.dct(torch.ones(8, dtype=torch.float64), 8, "divisor", be),
-        lambda out, be: torch.allclose(out, dk.dct(torch.ones(8), 8, backend=be))),
-    "dct_int": (
-        lambda be: ops.dct(torch.ones(8, dtype=torch.int32), 8, "divisor", be),
-        lambda out, be: torch.allclose(out, dk.dct(torch.ones(8), 8, backend=be))),
+                        [torch.zeros(1, dtype=torch.uint8)], [64], codec="sign"),
+        r"peer 0: sign values must be 8 uint8 bytes, got 1 of torch.uint8"),
+    "decompress_int64_indices": (_raw_decompress([_I[0].long()], _V, [8]),
+                                 r"peer 0: indices must be int32, got torch.int64"),
+    "decompress_mixed_devices": (
+        _raw_decompress([_I[0], _I[0].to("meta")], [_V[0], _V[0].to("meta")], [8]),
+        r"decompress: all tensors must be on one device, got cpu, meta"),
+    "idct_short_coeffs": (lambda: ops.idct(torch.ones(3), [8], 8, "divisor"),
+                          r"coeffs has shape \(3,\), expected \(1, 8\)"),
+    "dct_float64": (lambda: ops.dct(torch.ones(8, dtype=torch.float64), 8, "divisor"),
+                    r"x must be float32, bfloat16 or float16, got torch.float64"),
+    "dct_int": (lambda: ops.dct(torch.ones(8, dtype=torch.int32), 8, "divisor"),
+                r"x must be float32, bfloat16 or float16, got torch.int32"),
     "pack_signs_int": (
-        lambda be: ops.pack_signs(torch.tensor([-1, 2, -3], dtype=torch.int32), be),
+        lambda: ops.pack_signs(torch.tensor([-1, 2, -3], dtype=torch.int32)),
         lambda out, be: out.tolist() == [0b101]),
-    "unpack_signs_n_too_big": (
-        lambda be: ops.unpack_signs(torch.zeros(1, dtype=torch.uint8), 100, be), None),
+    "unpack_signs_n_too_big": (lambda: ops.unpack_signs(torch.zeros(1, dtype=torch.uint8), 100),
+                               r"n=100 does not fit in 1 bytes"),
     "demo_step_grad_shape": (
-        lambda be: ops.demo_step_(torch.zeros(8), torch.ones(4), 0.9, 1.0, 2, 8, be), None),
+        lambda: ops.demo_step_(torch.zeros(8), torch.ones(4), 0.9, 1.0, 2, 8),
+        r"grad shape \(4,\) != delta shape \(8,\)"),
+    "demo_step_aliased": (
+        lambda: ops.demo_step_many_([_ALIAS, _ALIAS], [torch.ones(8), torch.ones(8)], 0.9, 1.0, 2, 8),
+        r"delta of tensor 0 and delta of tensor 1 share memory"),
 }
+_ALIAS = torch.zeros(8)
 
 
 @pytest.mark.parametrize("case", sorted(RAW_CASES))
 def test_raw_ops_reject_invalid_arguments(backend, case):
     """``torch.ops.distro_kernels.*`` are public entry points too (anyone can call them, and
-    compiled graphs do). Called directly with invalid arguments they must raise a clear error
-    (TypeError / ValueError / RuntimeError), or, where a sensible result exists, return exactly
-    it; never read past a buffer or silently return something else. (Sizes are tiny so an
-    out-of-bounds read stays inside the heap and cannot crash the run.)"""
-    call, acceptable = RAW_CASES[case]
-    try:
-        out = call(backend)
-    except (TypeError, ValueError, RuntimeError):
-        return
-    assert acceptable is not None, f"returned {out!r} instead of raising"
-    assert acceptable(out, backend), f"returned a wrong result {out!r}"
+    compiled graphs do). Called directly with invalid arguments they raise the same error, with
+    the same message, as the public functions; where a sensible result exists (integer signs)
+    they return exactly it; never read past a buffer or silently return something else."""
+    call, expected = RAW_CASES[case]
+    with dispatch.forced(backend):
+        if callable(expected):
+            assert expected(call(), backend)
+        else:
+            with pytest.raises((TypeError, ValueError), match=expected):
+                call()
 
 
 @pytest.mark.parametrize("case", ["float64", "noncontiguous"])
 def test_raw_demo_step_state_layout(backend, case):
-    """The raw demo_step_ op on a float64 or non-contiguous ``delta`` must raise, or update
-    that tensor exactly as the public op updates a float32 contiguous copy; never reinterpret
-    its memory as contiguous float32."""
+    """The raw demo_step_ op on a float64 or non-contiguous ``delta`` raises the public op's
+    error and leaves the tensor untouched; never reinterprets its memory as contiguous float32."""
     g = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
     if case == "float64":
         delta = torch.full((8, 8), 0.5, dtype=torch.float64)
     else:
         delta = torch.full((8, 8), 0.5).t()
         delta[0, 1] = 2.0  # make the layout matter
-    want = delta.float().contiguous()
-    want_i, want_v = dk.demo_step_(want, g, 0.9, 1.0, 3, 8, backend=backend)
-    try:
-        got_i, got_v = ops.demo_step_(delta, g, 0.9, 1.0, 3, 8, backend)
-    except (TypeError, ValueError, RuntimeError):
-        return
-    assert torch.equal(got_i, want_i)
-    assert torch.allclose(got_v, want_v, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(delta.float(), want, rtol=1e-5, atol=1e-6), "state corrupted"
+    before = delta.clone()
+    message = "must be a float32 tensor" if case == "float64" else "delta must be contiguous"
+    with dispatch.forced(backend), pytest.raises((TypeError, ValueError), match=message):
+        ops.demo_step_(delta, g, 0.9, 1.0, 3, 8)
+    assert torch.equal(delta, before), "state changed by a refused call"
 
 
 # ---------------------------------------------------------------------------- cross-backend

@@ -25,10 +25,10 @@ import torch
 triton = pytest.importorskip("triton")
 
 import distro_kernels.triton as dk_triton  # noqa: E402
-from distro_kernels import backends, ops, reference  # noqa: E402
+from distro_kernels import chunking, dispatch, ops, reference  # noqa: E402
 from distro_kernels.basis import canonical_basis_np  # noqa: E402
 from distro_kernels.chunking import chunk_plan  # noqa: E402
-from distro_kernels.triton import backend as tb  # noqa: E402
+from distro_kernels.triton import impl as tb  # noqa: E402
 from distro_kernels.triton._loader import interpreted  # noqa: E402
 
 INTERPRETED = interpreted()
@@ -99,8 +99,8 @@ def assert_same_bits(got, expected):
 def _oracles():
     """Decode oracles: the reference, and the cpu backend once it is built."""
     out = [reference]
-    if "cpu" in backends.available():
-        out.append(backends.resolve("cpu", torch.device("cpu")))
+    if "cpu" in dispatch.device_types("native"):
+        out.append(dispatch.resolve("native", torch.device("cpu")))
     return out
 
 
@@ -110,15 +110,15 @@ def _oracles():
 def _dct64(x, plan):
     """SPEC 2 in float64 with the canonical basis: ``(n_chunks, E)`` numpy array."""
     cm, cn = canonical_basis_np(plan.cm).astype(np.float64), canonical_basis_np(plan.cn).astype(np.float64)
-    blocks = reference.to_chunks(reference.pad_to_plan(x.detach().cpu().double(), plan), plan)
+    blocks = chunking.to_chunks(chunking.pad_to_plan(x.detach().cpu().double(), plan), plan)
     return np.einsum("ui,cij,vj->cuv", cm, blocks.numpy(), cn).reshape(plan.n_chunks, -1)
 
 
 def _idct64(coeffs, plan):
     cm, cn = canonical_basis_np(plan.cm).astype(np.float64), canonical_basis_np(plan.cn).astype(np.float64)
     blocks = np.einsum("ui,cuv,vj->cij", cm, coeffs.reshape(plan.n_chunks, plan.cm, plan.cn), cn)
-    out = reference.from_chunks(torch.from_numpy(np.ascontiguousarray(blocks)), plan)
-    return reference.crop_to_shape(out, plan).numpy()
+    out = chunking.from_chunks(torch.from_numpy(np.ascontiguousarray(blocks)), plan)
+    return chunking.crop_to_shape(out, plan).numpy()
 
 
 def _rel(a, b):
@@ -425,7 +425,7 @@ def triton_on_this_device():
     try:
         yield
     finally:
-        backends.register("triton", tb, ("cuda",))
+        dispatch.register("triton", tb, ("cuda",))
 
 
 def test_public_ops_dispatch_to_triton(triton_on_this_device):

@@ -1,7 +1,7 @@
 """Optional Triton backend (``backend="triton"``): fused encode and bit-exact decode kernels.
 
 Importing this package never fails. With Triton importable it registers ``"triton"`` for
-CUDA tensors (NVIDIA and ROCm); without it, ``backends.unavailable["triton"]`` says why.
+CUDA tensors (NVIDIA and ROCm); without it, ``dispatch.unavailable["triton"]`` says why.
 :func:`enable_interpreter` also registers it for CPU tensors, where every kernel runs in
 Triton's interpreter (CI's way to test the kernels without a GPU); that needs
 ``TRITON_INTERPRET=1`` set before Triton is first imported (one mode per process).
@@ -9,7 +9,7 @@ Triton's interpreter (CI's way to test the kernels without a GPU); that needs
 
 from __future__ import annotations
 
-from .. import backends
+from .. import dispatch
 
 TRITON_ERROR: str | None = None
 try:
@@ -17,11 +17,11 @@ try:
     import triton.language  # noqa: F401
 except Exception as exc:  # ImportError, or a broken install
     TRITON_ERROR = f"triton not importable ({type(exc).__name__}: {exc}); pip install 'distro_kernels[triton]'"
-    backends.mark_unavailable("triton", TRITON_ERROR)
+    dispatch.mark_unavailable("triton", TRITON_ERROR)
 else:
-    from . import backend
+    from . import impl
 
-    backends.register("triton", backend, ("cuda",))
+    dispatch.register("triton", impl, ("cuda",))
 
 
 def enable_interpreter() -> None:
@@ -35,4 +35,4 @@ def enable_interpreter() -> None:
 
     if not interpreted():
         raise RuntimeError("Triton was imported without TRITON_INTERPRET=1; the interpreter is off")
-    backends.register("triton", backend, ("cuda", "cpu"))
+    dispatch.register("triton", impl, ("cuda", "cpu"))

@@ -74,7 +74,7 @@ class Variant:
 
 def variants() -> list[Variant]:
     """Every kernel and every code path the backend launches, at the largest tiles."""
-    from .backend import (
+    from .impl import (
         DOT_PRECISION, ENCODE_KB, ENCODE_WARPS_LARGE, ENCODE_WARPS_ROWS, WARPS_LARGE, WARPS_SMALL,
         _rows_per_program,
     )

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from distro_kernels.demo import data, model
-from distro_kernels.demo.train import DemoConfig, lr_at
+from distro_kernels.app import data, model
+from distro_kernels.app.train import DemoConfig, lr_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--peers", "2", "--steps", "6", "--layers", "1", "--d-model", "32", "--heads", "2",

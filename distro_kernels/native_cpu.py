@@ -10,7 +10,7 @@ import torch
 
 from ._ext import cpu_ext
 from .chunking import ChunkPlan
-from .reference import crop_to_shape, pad_to_plan
+from .chunking import crop_to_shape, pad_to_plan
 from .validation import content_error
 
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}

@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=d.demo_weight_decay,
                    help="DeMo decoupled weight decay (default %(default)s)")
     g.add_argument("--backend", default=d.backend,
-                   help="kernel backend: auto, reference, cpu (default %(default)s)")
+                   help="kernel implementation override: auto, reference, native (default %(default)s)")
     g = p.add_argument_group("baseline (AdamW + full-gradient all-reduce)")
     g.add_argument("--baseline-lr", type=float, default=d.baseline_lr, help="default %(default)s")
     g.add_argument("--baseline-weight-decay", type=float, default=d.baseline_weight_decay,

@@ -194,12 +194,12 @@ def _train_one(method: str, cfg: DemoConfig, rank: int, shard: Shard, evals: dic
 
 
 def resolved_backend(name: str) -> str:
-    """The backend that ``name`` (e.g. ``auto``) runs on CPU tensors."""
-    from .. import backends
+    """The implementation that ``name`` (e.g. ``auto``) runs on CPU tensors."""
+    from .. import dispatch
 
-    module = backends.resolve(name, torch.device("cpu"))
-    for candidate in backends.available():
-        if backends.resolve(candidate, torch.device("cpu")) is module:
+    module = dispatch.resolve(name, "cpu")
+    for candidate in dispatch.available():
+        if "cpu" in dispatch.device_types(candidate) and dispatch.resolve(candidate, "cpu") is module:
             return candidate
     return module.__name__
 

@@ -13,7 +13,7 @@ import torch
 
 from .. import reference
 from ..basis import cached_basis
-from ..chunking import ChunkPlan
+from ..chunking import ChunkPlan, crop_to_shape
 from ..validation import check_sparse_content
 from ._loader import interpreted, kernels
 
@@ -216,7 +216,7 @@ def _inverse(src, vals, plan, source, reduce="mean", sign=False, peers=0, k=1, n
             float(max(peers, 1)), nbytes,
             BM=bm, BN=bn, BK=bk, **common, **_opts(src, _warps(bm * bn), False),
         )
-    return reference.crop_to_shape(out.view(plan.padded_shape), plan)
+    return crop_to_shape(out.view(plan.padded_shape), plan)
 
 
 def idct(coeffs: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:

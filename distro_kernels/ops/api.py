@@ -1,0 +1,130 @@
+"""The public functions: plain Python signatures over the custom ops.
+
+``backend="auto"`` lets the dispatcher pick by device; any other name is an override for
+tests and benchmarks (``dispatch.forced``), checked against the tensors' device.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .. import dispatch
+from ..validation import check_float
+from . import definitions as op
+from .arguments import flatten_model, require_peer_tensors, require_tensor, split_flat
+
+
+def _run(backend: str, fn, *args):
+    if backend == "auto":
+        return fn(*args)
+    return _forced_call(backend, fn, *args)
+
+
+@torch.compiler.disable
+def _forced_call(backend: str, fn, *args):
+    """An override is eager-only by design (no backend string in a graph): under
+    ``torch.compile`` this call runs outside the graph (a graph break; ``fullgraph=True``
+    refuses it), with the device's kernels everywhere else."""
+    with dispatch.forced(backend):
+        return fn(*args)
+
+
+def dct(x: Tensor, chunk: int = 64, *, policy: str = "divisor", backend: str = "auto") -> Tensor:
+    """Chunked orthonormal DCT-II of ``x`` -> float32 ``(n_chunks, E)`` in SPEC chunk order."""
+    require_tensor("x", x)
+    return _run(backend, op.dct, x, chunk, policy)
+
+
+def idct(coeffs: Tensor, shape: Sequence[int], chunk: int = 64, *, policy: str = "divisor",
+         backend: str = "auto") -> Tensor:
+    """Inverse of :func:`dct` with SPEC 4.3's canonical folds (bit-identical on every backend)."""
+    require_tensor("coeffs", coeffs)
+    return _run(backend, op.idct, coeffs, [int(d) for d in shape], chunk, policy)
+
+
+def compress(x: Tensor, k: int = 32, chunk: int = 64, *, policy: str = "divisor",
+             backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """DCT + per-chunk top-``k`` by ``|X|`` (ties: smaller index) -> ``(indices, values)``.
+
+    ``indices``: int32 ``(n_chunks, k_eff)``, ascending per chunk; ``values``: float32.
+    """
+    require_tensor("x", x)
+    return _run(backend, op.compress, x, k, chunk, policy)
+
+
+def decompress(
+    indices_list: Sequence[Tensor], values_list: Sequence[Tensor], shape: Sequence[int],
+    chunk: int = 64, *, reduce: str = "mean", value_codec: str = "f32", sign: bool = False,
+    policy: str = "divisor", backend: str = "auto",
+) -> Tensor:
+    """SPEC section 4: aggregate P peers (list order) and run the canonical inverse DCT.
+
+    Bit-identical on every backend. ``value_codec="sign"`` takes each peer's values as the
+    uint8 output of :func:`pack_signs`; ``"bf16"``/``"f16"`` round float values to that format
+    first. ``sign=True`` returns ``sign(y)`` (DeMo's update).
+    """
+    require_peer_tensors(indices_list, values_list)
+    return _run(backend, op.decompress, list(indices_list), list(values_list),
+                [int(d) for d in shape], chunk, reduce, value_codec, sign, policy)
+
+
+def decompress_many(
+    indices_per_tensor: Sequence[Sequence[Tensor]], values_per_tensor: Sequence[Sequence[Tensor]],
+    shapes: Sequence[Sequence[int]], chunk: int = 64, *, reduce: str = "mean",
+    value_codec: str = "f32", sign: bool = False, backend: str = "auto",
+) -> list[Tensor]:
+    """:func:`decompress` for a whole model in one call (one dispatch, one parallel pass).
+
+    ``indices_per_tensor[t][p]`` / ``values_per_tensor[t][p]`` are peer ``p``'s payload for
+    tensor ``t``; every tensor has the same peers, in the same order. Bit-identical to calling
+    :func:`decompress` per tensor.
+    """
+    indices, values, shapes_flat, ndims = flatten_model(indices_per_tensor, values_per_tensor, shapes)
+    return _run(backend, op.decompress_many, indices, values, shapes_flat, ndims, chunk, reduce,
+                value_codec, sign)
+
+
+def pack_signs(values: Tensor, *, backend: str = "auto") -> Tensor:
+    """1 bit per value (bit = signbit), LSB-first, flattened row-major -> uint8."""
+    check_float("values", values)  # the raw op also takes integers; the public function does not
+    return _run(backend, op.pack_signs, values)
+
+
+def unpack_signs(packed: Tensor, n: int, *, backend: str = "auto") -> Tensor:
+    """``n`` float32 values of +1/-1 from :func:`pack_signs` bytes."""
+    require_tensor("packed", packed)
+    return _run(backend, op.unpack_signs, packed, n)
+
+
+def demo_step_(delta: Tensor, grad: Tensor, beta: float = 0.999, lr: float = 1.0, k: int = 32,
+               chunk: int = 64, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Fused DeMo encode (SPEC 3), in place on ``delta``: momentum, DCT, top-k, error feedback."""
+    require_tensor("delta", delta)
+    require_tensor("grad", grad)
+    return _run(backend, op.demo_step_, delta, grad, float(beta), float(lr), k, chunk)
+
+
+def demo_step_many_(
+    deltas: Sequence[Tensor], grads: Sequence[Tensor], beta: float = 0.999, lr: float = 1.0,
+    k: int = 32, chunk: int = 64, *, backend: str = "auto",
+) -> tuple[list[Tensor], list[Tensor]]:
+    """:func:`demo_step_` over a whole model in one call (one dispatch, one parallel region).
+
+    Every tensor is checked before any state changes; deltas must not share memory with each
+    other or with a gradient. Returns per-tensor ``(indices, values)`` lists: views of two flat
+    buffers laid out tensor after tensor (see :func:`split_flat`).
+    """
+    flat_indices, flat_values = demo_step_many_flat_(deltas, grads, beta, lr, k, chunk, backend=backend)
+    return split_flat(flat_indices, flat_values, [d.shape for d in deltas], k, chunk)
+
+
+def demo_step_many_flat_(deltas, grads, beta=0.999, lr=1.0, k=32, chunk=64, *, backend="auto"
+                         ) -> tuple[Tensor, Tensor]:
+    """:func:`demo_step_many_` returning the two flat buffers themselves (tensor after tensor)."""
+    for t, (d, g) in enumerate(zip(deltas, grads)):
+        require_tensor(f"deltas[{t}]", d)
+        require_tensor(f"grads[{t}]", g)
+    return _run(backend, op.demo_step_many_, list(deltas), list(grads), float(beta), float(lr), k, chunk)

@@ -1,0 +1,193 @@
+"""The ``torch.library`` custom ops of the ``distro_kernels`` namespace.
+
+Each op has one schema (no backend argument: compiled graphs must not bake one in), a fake
+implementation (shapes and dtypes only, so it traces under ``torch.compile``), and kernels
+per dispatch key: ``CPU`` and ``CUDA`` kernels run the implementation that
+``dispatch.select`` names for the tensors' device (native C++ on CPU; native CUDA/HIP, else
+Triton on CUDA; the eager reference where nothing else is built), and the default kernel
+serves every other device with the eager reference. Every kernel and fake checks its
+arguments first (``checks``); implementations receive contiguous, validated tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import dispatch
+from . import checks
+from .arguments import as_float, codec_values, dense
+
+NS = "distro_kernels"
+DEVICE_KERNELS = ("cpu", "cuda")  # dispatch keys with their own kernel; others: the default
+
+
+def _define(kernel, mutates_args=()):
+    """The op named after ``kernel`` (its annotations are the schema), with ``kernel`` as the
+    default and as the ``CPU``/``CUDA`` kernels: the dispatcher routes by device, and each
+    device's kernel runs what ``dispatch`` registered for that device."""
+    name = kernel.__name__.lstrip("_")
+    op = torch.library.custom_op(f"{NS}::{name}", kernel, mutates_args=mutates_args)
+    op.register_kernel(DEVICE_KERNELS, kernel)
+    return op
+
+
+# ----------------------------------------------------------------------------- dct / idct
+
+
+def _dct(x: Tensor, chunk: int, policy: str) -> Tensor:
+    plan = checks.dct(x, chunk, policy)
+    return dispatch.select(x.device).dct(x.contiguous(), plan)
+
+
+dct = _define(_dct)
+
+
+@dct.register_fake
+def _(x, chunk, policy):
+    plan = checks.dct(x, chunk, policy)
+    return x.new_empty((plan.n_chunks, plan.elements_per_chunk), dtype=torch.float32)
+
+
+def _idct(coeffs: Tensor, shape: list[int], chunk: int, policy: str) -> Tensor:
+    plan = checks.idct(coeffs, shape, chunk, policy)
+    return dispatch.select(coeffs.device).idct(coeffs.contiguous(), plan)
+
+
+idct = _define(_idct)
+
+
+@idct.register_fake
+def _(coeffs, shape, chunk, policy):
+    plan = checks.idct(coeffs, shape, chunk, policy)
+    return coeffs.new_empty(plan.shape, dtype=torch.float32)
+
+
+# ----------------------------------------------------------------------------- encode
+
+
+def _compress(x: Tensor, k: int, chunk: int, policy: str) -> tuple[Tensor, Tensor]:
+    plan = checks.compress(x, k, chunk, policy)
+    return dispatch.select(x.device).compress(x.contiguous(), plan, k)
+
+
+compress = _define(_compress)
+
+
+@compress.register_fake
+def _(x, k, chunk, policy):
+    plan = checks.compress(x, k, chunk, policy)
+    shape = (plan.n_chunks, plan.k_eff(k))
+    return x.new_empty(shape, dtype=torch.int32), x.new_empty(shape, dtype=torch.float32)
+
+
+def _demo_step_(delta: Tensor, grad: Tensor, beta: float, lr: float, k: int, chunk: int
+               ) -> tuple[Tensor, Tensor]:
+    plan = checks.demo_step(delta, grad, chunk, k)
+    return dispatch.select(delta.device).demo_step_(delta, grad.contiguous(), plan, beta, lr, k)
+
+
+demo_step_ = _define(_demo_step_, mutates_args=("delta",))
+
+
+@demo_step_.register_fake
+def _(delta, grad, beta, lr, k, chunk):
+    plan = checks.demo_step(delta, grad, chunk, k, memory=False)
+    shape = (plan.n_chunks, plan.k_eff(k))
+    return delta.new_empty(shape, dtype=torch.int32), delta.new_empty(shape)
+
+
+def _demo_step_many_(deltas: list[Tensor], grads: list[Tensor], beta: float, lr: float, k: int,
+                    chunk: int) -> tuple[Tensor, Tensor]:
+    plans = checks.demo_steps(deltas, grads, chunk, k)
+    module = dispatch.select(deltas[0].device)
+    return module.demo_step_many_(deltas, dense(grads), plans, beta, lr, k)
+
+
+demo_step_many_ = _define(_demo_step_many_, mutates_args=("deltas",))
+
+
+@demo_step_many_.register_fake
+def _(deltas, grads, beta, lr, k, chunk):
+    plans = checks.demo_steps(deltas, grads, chunk, k, memory=False)
+    total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
+    return deltas[0].new_empty(total, dtype=torch.int32), deltas[0].new_empty(total)
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def _device_of(tensors: list[Tensor], fallback: str) -> torch.device:
+    return tensors[0].device if tensors else torch.device(fallback)
+
+
+def _decompress(indices_list: list[Tensor], values_list: list[Tensor], shape: list[int],
+               chunk: int, reduce: str, value_codec: str, sign: bool, policy: str) -> Tensor:
+    plan = checks.decompress(indices_list, values_list, shape, chunk, reduce, value_codec, policy)
+    module = dispatch.select(_device_of(indices_list, "cpu"))
+    return module.decompress(dense(indices_list), codec_values(values_list, value_codec),
+                             plan, reduce, value_codec, sign)
+
+
+decompress = _define(_decompress)
+
+
+@decompress.register_fake
+def _(indices_list, values_list, shape, chunk, reduce, value_codec, sign, policy):
+    plan = checks.decompress(indices_list, values_list, shape, chunk, reduce, value_codec, policy)
+    return torch.empty(plan.shape, dtype=torch.float32, device=_device_of(indices_list, "meta"))
+
+
+def _decompress_many(indices: list[Tensor], values: list[Tensor], shapes_flat: list[int],
+                    ndims: list[int], chunk: int, reduce: str, value_codec: str, sign: bool
+                    ) -> list[Tensor]:
+    indices_lists, values_lists, plans = checks.decompress_many(
+        indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
+    module = dispatch.select(_device_of(indices, "cpu"))
+    return module.decompress_many(
+        [dense(peers) for peers in indices_lists],
+        [codec_values(peers, value_codec) for peers in values_lists],
+        plans, reduce, value_codec, sign)
+
+
+decompress_many = _define(_decompress_many)
+
+
+@decompress_many.register_fake
+def _(indices, values, shapes_flat, ndims, chunk, reduce, value_codec, sign):
+    _, _, plans = checks.decompress_many(indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
+    device = _device_of(indices, "meta")
+    return [torch.empty(plan.shape, dtype=torch.float32, device=device) for plan in plans]
+
+
+# ----------------------------------------------------------------------------- signs
+
+
+def _pack_signs(values: Tensor) -> Tensor:
+    return dispatch.select(values.device).pack_signs(as_float(values).contiguous())
+
+
+pack_signs = _define(_pack_signs)
+
+
+@pack_signs.register_fake
+def _(values):
+    return values.new_empty(((values.numel() + 7) // 8,), dtype=torch.uint8)
+
+
+def _unpack_signs(packed: Tensor, n: int) -> Tensor:
+    checks.unpack_signs(packed, n)
+    return dispatch.select(packed.device).unpack_signs(packed.reshape(-1).contiguous(), n)
+
+
+unpack_signs = _define(_unpack_signs)
+
+
+@unpack_signs.register_fake
+def _(packed, n):
+    checks.unpack_signs(packed, n)
+    return packed.new_empty((n,), dtype=torch.float32)
+
+
+ALL_OPS = (dct, idct, compress, demo_step_, demo_step_many_, decompress, decompress_many,
+           pack_signs, unpack_signs)
