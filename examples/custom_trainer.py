@@ -2,13 +2,14 @@
 
 Each step, on every peer:
 
-1. encode   ``demo_step_many_``: momentum += lr * grad, chunked DCT, top-k, error feedback
-2. wire     ``wire.Payload(...).to_bytes()``: one message for the whole model
-3. exchange every peer's bytes reach every peer: ``transport.exchange`` (a store on the
+1. encode   ``ModelStep.encode``: ``demo_step_many_`` (momentum += lr * grad, chunked DCT,
+            top-k, error feedback) over the whole model, then one wire message
+2. exchange every peer's bytes reach every peer: ``transport.exchange`` (a store on the
             torch.distributed group, with a per-step deadline) or ``LocalNetwork`` in-process
-4. decode   ``wire.Payload.from_bytes`` (validates everything) and ``decompress`` over the
-            peers in ascending id order -> the same sign update on every peer, bit for bit
-5. apply    decoupled weight decay, then ``p -= lr * sign``
+3. decode   ``ModelStep.parse`` (validates every other peer's bytes once; own payload reused)
+            and ``ModelStep.decode`` (one ``decompress_many``, peers in ascending id) -> the
+            same sign update on every peer, bit for bit
+4. apply    decoupled weight decay, then ``p -= lr * sign``
 
 Run it either way:
 
@@ -24,10 +25,10 @@ import os
 import torch
 import torch.distributed as dist
 
-import distro_kernels as dk
-from distro_kernels import transport, wire
+from distro_kernels import transport
 from distro_kernels.app.data import Shard
 from distro_kernels.app.model import ModelConfig, build_model
+from distro_kernels.step import ModelStep
 
 K, CHUNK, DECAY, CODEC = 32, 64, 0.999, "sign"
 
@@ -41,36 +42,30 @@ class Peer:
         self.params = list(self.model.parameters())
         self.deltas = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         self.shard = Shard(rank, world, train_bytes=300_000, heldout_bytes=100_000)
-        self.layout = wire.Layout([p.shape for p in self.params], chunk=CHUNK, k=K)
+        self.codec = ModelStep([p.shape for p in self.params], chunk=CHUNK, k=K,
+                               value_codec=CODEC, run_id=0)
+        self.sent = None  # (payload, bytes) of this step
 
     def encode(self, step: int, lr: float, batch: int) -> tuple[bytes, float]:
-        """Forward/backward on local data, then steps 1-2: encode and serialize."""
+        """Forward/backward on local data, then step 1: encode the whole model."""
         self.model.zero_grad()
         loss = self.model.loss(self.shard.batch(0, step, batch, self.model.cfg.context))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        indices, values = dk.demo_step_many_(
-            self.deltas, [p.grad for p in self.params], DECAY, lr, K, CHUNK)
-        payload = wire.Payload(step, self.rank, 0, self.layout, indices, values, CODEC)
-        return payload.to_bytes(), loss.item()
+        self.sent = self.codec.encode(step, self.rank, self.deltas,
+                                      [p.grad for p in self.params], DECAY, lr)
+        return self.sent[1], loss.item()
 
     @torch.no_grad()
-    def decode_and_apply(self, step: int, received: dict[int, bytes], lr: float, wd: float):
-        """Steps 4-5: parse every peer's bytes (own included), decode in ascending id, apply."""
-        payloads, left_out = [], {}
-        for peer in sorted(received):
-            try:
-                payloads.append(wire.Payload.from_bytes(
-                    received[peer], self.layout, expect_step=step, expect_run_id=0,
-                    expect_sender=peer))
-            except wire.PayloadError as exc:  # bad, stale or foreign bytes: leave the peer out
-                left_out[peer] = str(exc)
-        for t, p in enumerate(self.params):
-            indices, values, codec = wire.gather_tensor(payloads, t)
-            update = dk.decompress(indices, values, p.shape, CHUNK, value_codec=codec, sign=True)
+    def decode_and_apply(self, step: int, received, lr: float, wd: float):
+        """Steps 3-4: validate the others' bytes, decode in ascending id, apply."""
+        parsed = self.codec.parse(step, received, own=self.sent,
+                                  left_out=getattr(received, "left_out", {}))
+        updates = self.codec.decode(parsed.payloads, sign=True)
+        for p, update in zip(self.params, updates):
             p.mul_(1.0 - lr * wd)
             p.add_(update.to(p.dtype), alpha=-lr)
-        return left_out
+        return parsed.left_out
 
 
 def main() -> None:
@@ -101,9 +96,9 @@ def main() -> None:
                 {peer.rank: data for peer, (data, _) in zip(peers, encoded)}, step)
         for peer in peers:
             received = results[peer.rank]  # {peer_id: bytes}, own included; .left_out: who not
-            invalid = peer.decode_and_apply(step, received, args.lr, args.weight_decay)
-            if received.left_out or invalid:
-                print(f"step {step}: left out {received.left_out | invalid}")
+            left_out = peer.decode_and_apply(step, received, args.lr, args.weight_decay)
+            if left_out:
+                print(f"step {step}: left out {left_out}")
         if peers[0].rank == 0 and (step % 10 == 0 or step == args.steps - 1):
             sent = len(encoded[0][0])
             dense = 4 * sum(p.numel() for p in peers[0].params)

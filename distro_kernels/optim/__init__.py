@@ -1,6 +1,6 @@
 """Optimizers built on ``distro_kernels``' kernels."""
 
-from .demo import DeMo, StepReport
+from .demo import DeMo, NonFiniteGradientError, StepReport
 from .transports import LoopbackTransport, Transport, default_transport
 
-__all__ = ["DeMo", "LoopbackTransport", "StepReport", "Transport", "default_transport"]
+__all__ = ["DeMo", "NonFiniteGradientError", "LoopbackTransport", "StepReport", "Transport", "default_transport"]

@@ -24,11 +24,17 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
-from .. import ops
-from . import _wire
+from .. import wire
+from ..step import ModelStep
 from .transports import default_transport
 
 VALUE_CODECS = ("f32", "bf16", "f16", "sign")
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient holds inf or NaN; raised before any state changed (the step can be retried
+    after fixing the gradients, e.g. with a smaller loss scale)."""
 
 
 @dataclass
@@ -53,7 +59,13 @@ class DeMo(torch.optim.Optimizer):
     16 bytes or a UUID; all peers of a run must agree, payloads of other runs are rejected),
     ``max_payload_bytes`` (default: the largest valid payload for the model), ``deadline``
     (seconds per exchange for the default transport), ``sign`` (``True`` as DeMo: the
-    update is ``sign`` of the decoded aggregate; ``False`` applies the aggregate itself).
+    update is ``sign`` of the decoded aggregate; ``False`` applies the aggregate itself),
+    ``nonfinite``: what a step does when a gradient holds inf or NaN, checked before any
+    state moves: ``"raise"`` (default) raises :class:`NonFiniteGradientError` naming the
+    parameter, with momentum, parameters and step counter untouched; ``"skip"`` leaves this
+    peer's momentum untouched and sends an empty payload (the other peers leave it out of the
+    step, saying why), then applies the other peers' aggregate as usual, so replicas stay
+    identical (AMP's ``GradScaler`` skips steps the same way).
     """
 
     def __init__(
@@ -73,6 +85,7 @@ class DeMo(torch.optim.Optimizer):
         max_payload_bytes: int | None = None,
         sign: bool = True,
         deadline: float = 30.0,
+        nonfinite: str = "raise",
     ):
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate {lr}")
@@ -82,6 +95,8 @@ class DeMo(torch.optim.Optimizer):
             raise ValueError("compression_topk and compression_chunk must be >= 1")
         if value_codec not in VALUE_CODECS:
             raise ValueError(f"value_codec must be one of {VALUE_CODECS}, got {value_codec!r}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
         self.compression_decay = float(compression_decay)
         self.compression_topk = int(compression_topk)
@@ -92,17 +107,21 @@ class DeMo(torch.optim.Optimizer):
         self.max_payload_bytes = max_payload_bytes
         self.sign = bool(sign)
         self.deadline = float(deadline)
+        self.nonfinite = nonfinite
         self.process_group = process_group
         self._transport = transport
         self._params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
         if not self._params:
             raise ValueError("DeMo got no parameters that require grad")
-        self._layout = _wire.WireLayout(
-            [tuple(p.shape) for p in self._params], self.compression_chunk, self.compression_topk,
-            value_codec, self.run_id, self.max_payload_bytes,
+        self._model = ModelStep(
+            [tuple(p.shape) for p in self._params], chunk=self.compression_chunk,
+            k=self.compression_topk, value_codec=value_codec, run_id=self.run_id,
+            max_payload_bytes=self.max_payload_bytes,
         )
         self._step = 0
-        self._pending: bytes | None = None
+        # what prepare() built for this step: (payload, bytes), or (None, b"") when skipped
+        self._pending: tuple[wire.Payload | None, bytes] | None = None
+        self._skipped: str | None = None
         self.last_report: StepReport | None = None
         self.total_bytes_sent = 0
         self.total_bytes_received = 0
@@ -111,7 +130,7 @@ class DeMo(torch.optim.Optimizer):
         self.data_receive = 0
 
     def add_param_group(self, param_group: dict) -> None:
-        if hasattr(self, "_layout"):  # the payload layout (every tensor's shape) is fixed
+        if hasattr(self, "_model"):  # the payload layout (every tensor's shape) is fixed
             raise RuntimeError("DeMo's payload layout is fixed at construction; pass every "
                                "parameter group to the constructor")
         super().add_param_group(param_group)
@@ -136,7 +155,7 @@ class DeMo(torch.optim.Optimizer):
     def max_payload_bytes_for_layout(self) -> int:
         """The largest valid payload for this model and codec (payloads vary with the
         index coding; ``last_report.bytes_sent`` is the real size of the last one)."""
-        return self._layout.max_payload_bytes()
+        return self._model.layout.max_payload_bytes(self.value_codec)
 
     def _delta(self, p: Tensor) -> Tensor:
         state = self.state[p]
@@ -168,27 +187,78 @@ class DeMo(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ the step, in two halves
 
+    def _named_params(self) -> list[tuple[str, Tensor]]:
+        """Every stepped parameter with a name for messages: the group's ``param_names``
+        (``DeMo(model.named_parameters())``) or ``group G, parameter I``."""
+        out = []
+        for g, group in enumerate(self.param_groups):
+            names = group.get("param_names")
+            for i, p in enumerate(group["params"]):
+                if p.requires_grad:
+                    out.append((names[i] if names else f"group {g}, parameter {i}", p))
+        return out
+
+    def _nonfinite_gradient(self) -> str | None:
+        """The first parameter whose gradient holds inf or NaN, described; ``None`` if none.
+        One reduction per tensor and one host sync for the whole model."""
+        named = [(n, p) for n, p in self._named_params() if p.grad is not None]
+        if not named:
+            return None
+        finite = torch.stack([torch.isfinite(p.grad).all().to("cpu", non_blocking=True)
+                              for _, p in named])
+        if bool(finite.all()):
+            return None
+        name, p = named[int((~finite).nonzero()[0])]
+        n_nan = int(torch.isnan(p.grad).sum())
+        n_inf = int(torch.isinf(p.grad).sum())
+        return (f"non-finite gradient in {name} (shape {tuple(p.shape)}): {n_inf} inf, "
+                f"{n_nan} NaN")
+
     @torch.no_grad()
     def prepare(self) -> bytes:
-        """Encode this peer's gradients into its payload for this step (updates the momentum)."""
+        """Encode this peer's gradients into its payload for this step (updates the momentum).
+
+        Gradients are checked first (see ``nonfinite``): nothing moves if one is not finite."""
         if self._pending is not None:
             raise RuntimeError("prepare() called twice without apply()")
-        indices: list[Tensor] = []
-        values: list[Tensor] = []
+        problem = self._nonfinite_gradient()
+        if problem is not None:
+            if self.nonfinite == "raise":
+                raise NonFiniteGradientError(
+                    f"step {self._step}: {problem}; momentum, parameters and step unchanged")
+            self._skipped = problem
+            self._pending = (None, b"")
+            return b""
+        deltas, grads, lrs = [], [], set()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.requires_grad]
+            deltas += [self._delta(p) for p in params]
+            grads += [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            lrs.add(float(group["lr"]))
+        if len(lrs) == 1:  # one fused call for the whole model
+            self._pending = self._model.encode(
+                self._step, self.rank, deltas, grads, self.compression_decay, lrs.pop(),
+                backend=self.backend)
+        else:  # per-group learning rates: one fused call per group, one payload
+            self._pending = self._encode_per_group()
+        return self._pending[1]
+
+    def _encode_per_group(self) -> tuple[wire.Payload, bytes]:
+        from .. import ops
+
+        indices, values = [], []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.requires_grad]
             if not params:
                 continue
-            deltas = [self._delta(p) for p in params]
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             idx, val = ops.demo_step_many_(
-                deltas, grads, self.compression_decay, group["lr"], self.compression_topk,
-                self.compression_chunk, backend=self.backend,
-            )
-            indices.extend(idx)
-            values.extend(val)
-        self._pending = self._layout.encode(self._step, self.rank, indices, values)
-        return self._pending
+                [self._delta(p) for p in params],
+                [p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
+                self.compression_decay, group["lr"], self.compression_topk,
+                self.compression_chunk, backend=self.backend)
+            indices += idx
+            values += val
+        return self._model.build(self._step, self.rank, indices, values)
 
     @torch.no_grad()
     def apply(self, received: Mapping[int, bytes]) -> StepReport:
@@ -198,41 +268,24 @@ class DeMo(torch.optim.Optimizer):
         the exchange returned them); invalid payloads are left out and reported."""
         if self._pending is None:
             raise RuntimeError("apply() called before prepare()")
-        own, self._pending = self._pending, None
-        report = StepReport(step=self._step, bytes_sent=len(own))
+        (own_payload, own_bytes), self._pending = self._pending, None
+        skipped, self._skipped = self._skipped, None
         # Exactly what the exchange delivered, own bytes included: a transport may leave this
         # peer out of a step (e.g. it missed the deadline), and then every peer's aggregate,
         # this one's too, is the one without it.
-        left_out = dict(getattr(received, "left_out", None) or {})
-        decoded = []
-        for peer in sorted(received):
-            data = received[peer]
-            if peer != self.rank:
-                report.bytes_received += len(data)
-            try:
-                idx, val, _ = self._layout.decode(data, self._step, peer)
-            except _wire.PayloadError as exc:
-                left_out[peer] = f"{type(exc).__name__}: {exc}"
-                continue
-            decoded.append((peer, idx, val))
-        report.peers = [peer for peer, _, _ in decoded]
-        for peer in range(int(getattr(self.transport, "world_size", 1))):
-            if peer not in received and peer not in left_out:
-                left_out[peer] = "missing"
-        report.left_out = dict(sorted(left_out.items()))
-
-        n_tensors = len(self._params)
-        if decoded:  # one model-wide decode: every tensor, peers in ascending id
-            updates = ops.decompress_many(
-                [[d[1][t] for d in decoded] for t in range(n_tensors)],
-                [[d[2][t] for d in decoded] for t in range(n_tensors)],
-                [tuple(p.shape) for p in self._params], self.compression_chunk, reduce="mean",
-                value_codec="sign" if self.value_codec == "sign" else "f32", sign=self.sign,
-                backend=self.backend,
-            )
-        else:  # nobody's payload made the step (own included): no update, as a zero grad
-            updates = [torch.zeros(p.shape, dtype=torch.float32, device=p.device)
-                       for p in self._params]
+        parsed = self._model.parse(
+            self._step, received,
+            own=(own_payload, own_bytes) if own_payload is not None else None,
+            world_size=int(getattr(self.transport, "world_size", 1)),
+            left_out=getattr(received, "left_out", None) or {})
+        if skipped is not None:
+            parsed.left_out[self.rank] = f"skipped by this peer: {skipped}"
+        report = StepReport(step=self._step, bytes_sent=len(own_bytes),
+                            bytes_received=parsed.bytes_received, peers=list(parsed.peers),
+                            left_out=dict(sorted(parsed.left_out.items())))
+        device = self._params[0].device
+        updates = self._model.decode(parsed.payloads, sign=self.sign, device=device,
+                                     backend=self.backend)
         t = 0
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
