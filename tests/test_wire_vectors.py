@@ -123,7 +123,8 @@ def test_builder_is_independent_of_the_implementation():
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported <= {"__future__", "hashlib", "json", "math", "os", "struct", "sys"}, imported
+    assert imported <= {"__future__", "hashlib", "json", "math", "os", "struct", "sys",
+                        "textwrap"}, imported
 
 
 def test_vectors_cover_the_format():
@@ -237,6 +238,31 @@ def test_parser_canonicalises_non_canonical_value_bytes(case):
         p = parse(case, edit(data, off, struct.pack(words[0], word)))
         assert f32_bits(p.values[0].reshape(-1)[:1]) == [0]
         assert f32_bits(p.values[0].reshape(-1)[1:]) == f32_bits(case["decoded"][0])[1:]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_parser_accepts_every_valid_encoder_choice(case):
+    """Bytes another valid encoder may send (the doc lets it pick any 0 <= r <= w, and under
+    'auto' either codec per section) parse to the same indices and values."""
+    T = len(case["shapes"])
+    widths = [B.index_width(B.tensor_geometry(s, case["chunk"], case["policy"])[1])
+              for s in case["shapes"]]
+    variants = []
+    for t, sec in enumerate(case["sections"]):
+        if sec["codec"] == "rice":
+            variants += [([None] * T, [r if u == t else None for u in range(T)])
+                         for r in range(widths[t] + 1) if r != sec["r"]]
+    if case["index_codec"] == "auto":  # every section the other way round
+        flipped = ["fixed" if s["codec"] == "rice" else "rice" for s in case["sections"]]
+        variants.append((flipped, [None] * T))
+    assert variants or case["index_codec"] == "fixed"
+    for codecs, rice_r in variants:
+        data = B.build(case, section_codecs=codecs, rice_r=rice_r).data()
+        assert data != vector_bytes(case)
+        p = parse(case, data)
+        for t in range(T):
+            assert p.indices[t].tolist() == case["indices"][t]
+            assert f32_bits(p.values[t]) == f32_bits(case["decoded"][t])
 
 
 # ---------------------------------------------------------------------------- (d) corruption
