@@ -107,6 +107,19 @@ def length_rule(declared: int, present: int, limit: int):
     return None
 
 
+def where_differs(case, got: bytes, want: bytes) -> str:
+    """The field of the first byte where ``got`` and ``want`` differ (for failure messages)."""
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            break
+    else:
+        return f"lengths {len(got)} and {len(want)}"
+    for off, data, name, t, _ in message(case).fields:
+        if off <= i < off + len(data):
+            return f"byte {i}: {name}" + ("" if t is None else f" of tensor {t}")
+    return f"byte {i}"
+
+
 def f32_bits(a) -> list[int]:
     return np.asarray(a, dtype=np.float32).reshape(-1).view(np.uint32).tolist()
 
@@ -167,7 +180,7 @@ def test_hand_written_vector_is_checked_not_generated():
 def test_builder_regenerates_the_checked_in_bytes(case):
     msg = B.check_case(case)  # also: the sections and decoded values the case states by hand
     data = vector_bytes(case)
-    assert msg.data() == data
+    assert msg.data() == data, where_differs(case, msg.data(), data)
     assert len(data) == struct.unpack_from("<Q", data, 32)[0]
     off, size = msg.field("layout_digest")
     digest = wire.layout_digest([tuple(s) for s in case["shapes"]], case["policy"])
@@ -181,7 +194,8 @@ def test_builder_regenerates_the_checked_in_bytes(case):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_encoder_produces_the_vector(case):
     data = vector_bytes(case)
-    assert payload_of(case).to_bytes() == data
+    got = payload_of(case).to_bytes()
+    assert got == data, where_differs(case, got, data)
     if "run_id_int" in case:  # the integer form of the same run id, little-endian
         assert payload_of(case, run_id=case["run_id_int"]).to_bytes() == data
     # torch inputs make the same bytes
@@ -406,7 +420,8 @@ def test_section_field_rules(case):
                                lambda: parse(case, xor(data, roff + rsize - 1, 0x80)))
         if case["value_codec"] == "sign" and N % 8:
             voff, vsize = msg.field("value_data", t)
-            raises_exactly(wire.ReservedField, lambda: parse(case, xor(data, voff + vsize - 1, 0x80)))
+            raises_exactly(wire.ReservedField,
+                           lambda: parse(case, xor(data, voff + vsize - 1, 0x80)))
 
 
 BAD_VALUES = {  # (word format, word, rule): NaN, +-inf, +-2^64 after widening to binary32
