@@ -37,9 +37,12 @@ DEVICE = "cpu" if INTERPRETED else "cuda"
 RUNNABLE = INTERPRETED or HAS_GPU
 
 
+_RUN_WITHOUT_KERNELS = {"test_interpreter_suite_in_subprocess", "test_child_outcomes_counts_every_kind"}
+
+
 @pytest.fixture(autouse=True)
 def _needs_kernels(request):
-    if not RUNNABLE and request.node.originalname != "test_interpreter_suite_in_subprocess":
+    if not RUNNABLE and request.node.originalname not in _RUN_WITHOUT_KERNELS:
         pytest.skip("needs TRITON_INTERPRET=1 (set before Triton is imported) or a GPU")
 
 # (shape, chunk, policy): 2-D, odd chunk dims (29, 48, 12, 5, 3), batches, 1-D, 0-d,
@@ -101,6 +104,9 @@ def _oracles():
     out = [reference]
     if "cpu" in dispatch.device_types("native"):
         out.append(dispatch.resolve("native", torch.device("cpu")))
+    elif os.environ.get("CI") == "true":  # CI builds it: a missing oracle must not pass quietly
+        pytest.fail("native CPU kernels not available under CI: "
+                    + dispatch.unavailable.get("native:cpu", "?"))
     return out
 
 
@@ -446,13 +452,64 @@ def test_public_ops_dispatch_to_triton(triton_on_this_device):
 # ----------------------------------------------------------------------------- no kernels here
 
 
+SELF_SKIP = "kernels run in this process"
+
+
 @pytest.mark.skipif(RUNNABLE or os.environ.get("DISTRO_TRITON_SUBPROCESS") == "1",
-                    reason="kernels run in this process")
-def test_interpreter_suite_in_subprocess():
-    """Without a GPU and with the interpreter off, run this file again with it on."""
+                    reason=SELF_SKIP)
+def test_interpreter_suite_in_subprocess(tmp_path):
+    """Without a GPU and with the interpreter off, run this file again with it on; the child
+    must have run tests, none may fail, and under CI none may skip (a missing backend)."""
     env = dict(os.environ, TRITON_INTERPRET="1", DISTRO_TRITON_SUBPROCESS="1")
+    report = tmp_path / "child.xml"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         f"--junitxml={report}", __file__],
         env=env, capture_output=True, text=True, timeout=900,
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    output = result.stdout[-4000:] + result.stderr[-2000:]
+    assert report.exists(), f"the child wrote no report (rc {result.returncode}):\n{output}"
+    counts, skips = child_outcomes(report.read_text())
+    assert result.returncode == 0, f"child rc {result.returncode}, {counts}:\n{output}"
+    assert counts["failed"] == counts["errors"] == 0, f"{counts}:\n{output}"
+    assert counts["passed"] > 0, f"the child ran no test: {counts}, skips {skips}:\n{output}"
+    other = [f"{name}: {why}" for name, why in skips if why != SELF_SKIP]
+    if os.environ.get("CI") == "true":
+        assert not other, "skipped in the interpreter run under CI:\n" + "\n".join(other)
+
+
+def child_outcomes(junit_xml: str) -> tuple[dict, list[tuple[str, str]]]:
+    """Counts (passed, failed, errors, skipped) and (test, skip reason) pairs of a pytest
+    JUnit XML report (our own child's file)."""
+    import xml.etree.ElementTree as ET
+
+    counts = dict(passed=0, failed=0, errors=0, skipped=0)
+    skips = []
+    for case in ET.fromstring(junit_xml).iter("testcase"):
+        kinds = {child.tag for child in case}
+        if "failure" in kinds:
+            counts["failed"] += 1
+        elif "error" in kinds:
+            counts["errors"] += 1
+        elif "skipped" in kinds:
+            counts["skipped"] += 1
+            why = case.find("skipped").get("message", "")
+            skips.append((case.get("name", "?"), why.removeprefix("Skipped: ")))
+        else:
+            counts["passed"] += 1
+    return counts, skips
+
+
+def test_child_outcomes_counts_every_kind():
+    xml = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+    <testcase classname="t" name="a"/>
+    <testcase classname="t" name="b"><failure message="boom">x</failure></testcase>
+    <testcase classname="t" name="c"><error message="setup">x</error></testcase>
+    <testcase classname="t" name="d"><skipped type="pytest.skip" message="needs a GPU">s</skipped></testcase>
+    <testcase classname="t" name="e"><skipped message="Skipped: kernels run in this process"/></testcase>
+    <testcase classname="t" name="f"/>
+    </testsuite></testsuites>"""
+    counts, skips = child_outcomes(xml)
+    assert counts == dict(passed=2, failed=1, errors=1, skipped=2)
+    assert skips == [("d", "needs a GPU"), ("e", SELF_SKIP)]
+    assert child_outcomes('<testsuites><testsuite name="pytest"/></testsuites>')[0]["passed"] == 0
