@@ -11,18 +11,22 @@ Byte layout: docs/wire-format.md. Typical use::
 from .errors import (
     RULES,
     BadMagic,
+    BadSignature,
     BadValue,
     DigestMismatch,
     IndexOutOfRange,
     LayoutMismatch,
     LengthOverLimit,
     MalformedStream,
+    MissingSignature,
     NonFiniteValue,
     PayloadError,
     ReservedField,
     TrailingBytes,
     Truncated,
+    SignatureError,
     UnknownCodec,
+    UnknownSender,
     UnsortedIndices,
     UnsupportedVersion,
     ValueOutOfRange,
@@ -31,15 +35,18 @@ from .errors import (
     WrongSender,
     WrongStep,
 )
-from .format import HEADER_SIZE, INDEX_CODECS, MAGIC, TRAILER_SIZE, VALUE_CODECS, VERSION
+from . import signing
+from .format import FLAG_SIGNED, SIGNATURE_SIZE, HEADER_SIZE, INDEX_CODECS, MAGIC, TRAILER_SIZE, VALUE_CODECS, VERSION
 from .header import Header, read_header, run_id_bytes
 from .layout import Layout, layout_digest
 from .payload import Payload
+from .signing import Manifest
 from .stats import WireStats, stats
 from .gather import gather_tensor
 
 __all__ = [
-    "BadMagic", "BadValue", "DigestMismatch", "HEADER_SIZE", "Header", "INDEX_CODECS",
+    "BadMagic", "BadSignature", "BadValue", "FLAG_SIGNED", "Manifest", "MissingSignature",
+    "SIGNATURE_SIZE", "SignatureError", "UnknownSender", "signing", "DigestMismatch", "HEADER_SIZE", "Header", "INDEX_CODECS",
     "IndexOutOfRange", "Layout", "LayoutMismatch", "LengthOverLimit", "MAGIC",
     "MalformedStream", "NonFiniteValue", "Payload", "PayloadError", "RULES", "ReservedField",
     "TRAILER_SIZE", "TrailingBytes", "Truncated", "UnknownCodec", "UnsortedIndices",
