@@ -289,3 +289,37 @@ def seal(header: bytes, body: bytes, key) -> bytes:
 
 
 assert OFF_FLAGS == 8 and OFF_TOTAL_LEN == 32  # the field positions sign_payload rewrites
+
+
+def verify_envelope(data, manifest: Manifest, *, expect_sender: int | None = None,
+                    expect_step: int | None = None, max_bytes: int):
+    """Check what a signed run's transport can check without the model layout: the size
+    limit, magic, version and length (as ``read_header``), the trailer digest, the signature
+    by the manifest key of the header's sender, the manifest's run id, and the expected
+    sender and step. Returns the header; raises the same typed ``PayloadError``s as
+    ``Payload.from_bytes`` (which still does the full parse)."""
+    from .errors import (BadSignature, DigestMismatch, MissingSignature, UnknownSender,
+                         WrongRun, WrongSender, WrongStep)
+    from .header import as_buffer, read_header
+
+    mv = as_buffer(data)
+    h = read_header(mv, int(max_bytes))
+    n = len(mv)
+    if not h.flags & FLAG_SIGNED or n < HEADER_SIZE + TRAILER_SIZE + SIGNATURE_SIZE:
+        raise MissingSignature("the run is signed; this payload carries no signature", offset=8)
+    end = n - SIGNATURE_SIZE - TRAILER_SIZE
+    if digest16(mv[:end]) != bytes(mv[end : end + TRAILER_SIZE]):
+        raise DigestMismatch("trailer digest does not match the message", offset=end)
+    if h.sender not in manifest:
+        raise UnknownSender(f"sender {h.sender} is not in the run's manifest", offset=40)
+    if h.run_id != manifest.run_id:
+        raise WrongRun(f"run id {h.run_id.hex()} is not the manifest's run", offset=48)
+    sig_at = n - SIGNATURE_SIZE
+    if not manifest.verify(h.sender, mv[sig_at:], mv[:sig_at]):
+        raise BadSignature(f"signature does not verify under sender {h.sender}'s key",
+                           offset=sig_at)
+    if expect_sender is not None and h.sender != int(expect_sender):
+        raise WrongSender(f"sender {h.sender}, expected {int(expect_sender)}", offset=40)
+    if expect_step is not None and h.step != int(expect_step):
+        raise WrongStep(f"step {h.step}, expected {int(expect_step)}", offset=24)
+    return h
