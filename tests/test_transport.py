@@ -154,7 +154,9 @@ def test_exchange_payloads_leaves_out_invalid_payloads_with_their_rule():
 
 
 def test_exchange_payloads_rejects_other_steps_and_runs():
-    net = tp.LocalNetwork(3)
+    # peers 1 and 2 post and then vanish: the coordinator waits for their records until the
+    # deadline, so keep it short
+    net = tp.LocalNetwork(3, deadline=0.5)
     p0 = make_payload(LAYOUT, "f32", "fixed", step=4, sender=0)
     old = make_payload(LAYOUT, "f32", "fixed", step=3, sender=1).to_bytes()
     other_run = make_payload(LAYOUT, "f32", "fixed", step=4, sender=2, run_id=1).to_bytes()
