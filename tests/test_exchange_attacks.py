@@ -132,6 +132,9 @@ class Peer:
     def attack(self, phase, step):
         st, key, mb = self.st, self.key, self.manifest
         k = st._key
+        # the mischief threads write through a connection of their own
+        evil = dist.PrefixStore("attack/store", dist.TCPStore(
+            "127.0.0.1", self.raw.port, None, is_master=False, timeout=timedelta(seconds=60)))
         if phase == "baseline":
             return self.honest(step)
         if phase == "forge":
@@ -145,10 +148,10 @@ class Peer:
                 i = 0
                 while time.monotonic() < end:
                     forged = (claim1, own)[i % 2]
-                    st.store.set(k(step, "data", 1, 0), forged)
-                    st.store.set(k(step, "size", 1), len(forged).to_bytes(8, "little"))
-                    st.store.delete_key(k(step, "data", 2, 0))
-                    st.store.delete_key(k(step, "size", 2))
+                    evil.set(k(step, "data", 1, 0), forged)
+                    evil.set(k(step, "size", 1), len(forged).to_bytes(8, "little"))
+                    evil.delete_key(k(step, "data", 2, 0))
+                    evil.delete_key(k(step, "size", 2))
                     i += 1
                     time.sleep(0.002)
 
@@ -162,7 +165,9 @@ class Peer:
             b = self.payload(step, seed_extra=7).to_bytes(signing_key=key)
             assert a != b
             st.post(a, step)
-            while not st.store.check([k(step, "size", 0), k(step, "size", 1)]):
+            give_up = time.monotonic() + 2 * DEADLINE
+            while (not st.store.check([k(step, "size", 0), k(step, "size", 1)])
+                   and time.monotonic() < give_up):
                 time.sleep(0.001)
             time.sleep(0.1)  # peers 0 and 1 read every peer right after they post
             st.post(b, step)
@@ -177,12 +182,13 @@ class Peer:
             return {"a": _h(a), "b": _h(b)}
         if phase == "hang":
             def vanish():
-                while not st.store.check([k(step, "roster")]):
+                give_up = time.monotonic() + 2 * DEADLINE
+                while not evil.check([k(step, "roster")]) and time.monotonic() < give_up:
                     time.sleep(0.0005)
                 end = time.monotonic() + 0.5
                 while time.monotonic() < end:
-                    st.store.delete_key(k(step, "size", BAD))
-                    st.store.delete_key(k(step, "data", BAD, 0))
+                    evil.delete_key(k(step, "size", BAD))
+                    evil.delete_key(k(step, "data", BAD, 0))
                     time.sleep(0.002)
 
             th = threading.Thread(target=vanish)
@@ -202,9 +208,9 @@ class Peer:
             def rewrite():
                 n, end = 0, time.monotonic() + DEADLINE
                 while n < 20 and time.monotonic() < end:
-                    cur = st._peek(k(step, "roster"))
-                    if cur is not None and cur not in (fake, b"\xff" * 50):
-                        st.store.set(k(step, "roster"), fake)
+                    cur = evil.compare_set(k(step, "roster"), b"-", b"-")
+                    if cur not in (b"-", fake, b"\xff" * 50):  # "-": no roster yet
+                        evil.set(k(step, "roster"), fake)
                         n += 1
                     time.sleep(0.001)
 
