@@ -86,7 +86,7 @@ class StoreTransport:
         max_bytes: int | None = None, layout=None, manifest=None, signing_key=None,
         coordinator: int | None = None, namespace: str = "distro_kernels/exchange",
         retain_steps: int = 4, piece_bytes: int = 4 * 1024 * 1024, start_step: int = 0,
-        poll_interval: float = 0.001, max_poll_interval: float = 0.02,
+        poll_interval: float = 0.0005, max_poll_interval: float = 0.005,
         gather_fraction: float = 0.4, decide_fraction: float = 0.7,
     ):
         if not 0 <= rank < world_size:
