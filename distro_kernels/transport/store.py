@@ -178,6 +178,9 @@ class StoreTransport:
             if self.is_coordinator:
                 self.decide(step, start + self.decide_fraction * D)
             return self.finish(step, start + D, start=start)
+        except dist.DistError as e:  # the store connection itself failed
+            raise TransportError(f"step {step}: store error: {type(e).__name__}: "
+                                 f"{str(e)[:300]}") from e
         finally:
             self._steps.pop(step, None)
             self._cleanup(step - self.retain_steps)
@@ -308,10 +311,13 @@ class StoreTransport:
                 continue
             second, _ = self._read(step, p)  # a second payload p signed: proof
             if second is not None and rec.payload_digest(second) != d:
-                kind = "signed" if self.manifest is not None else "posted"
-                reasons[p] = (f"equivocation: two different payloads {kind} by peer {p} for "
-                              f"step {step} (digests {d.hex()[:16]}, "
-                              f"{rec.payload_digest(second).hex()[:16]})")
+                pair = f"(digests {d.hex()[:16]}, {rec.payload_digest(second).hex()[:16]})"
+                if self.manifest is not None:  # both signed by p: p equivocated
+                    reasons[p] = (f"equivocation: two different payloads signed by peer {p} "
+                                  f"for step {step} {pair}")
+                else:  # unsigned: anyone may have written them
+                    reasons[p] = (f"changed: two different payloads at peer {p}'s keys for "
+                                  f"step {step} {pair}")
             elif other:
                 r = other[0]
                 reasons[p] = (f"disputed: peer {r} reports holding a different payload of "
