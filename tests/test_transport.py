@@ -129,6 +129,37 @@ def test_old_steps_are_deleted():
     assert not net.store.check(["local/0/size/0"]) and net.store.check(["local/11/size/0"])
 
 
+def test_the_coordinator_deletes_every_protocol_key_of_old_steps():
+    # a peer's junk within the protocol's key space (pieces up to max_bytes, size, have,
+    # done) is deleted with its step, whoever wrote it; honest peers never read past it
+    net = tp.LocalNetwork(3, retain_steps=1, max_bytes=3000, piece_bytes=1000)
+    base = net.store.num_keys()
+    net.exchange_all({0: b"a", 1: b"b", 2: b"c"}, step=0)
+    for i in range(3):  # junk at peer 2's keys of step 1: 3 pieces and a size
+        net.store.set(f"local/1/data/2/{i}", b"x" * 1000)
+    net.store.set("local/1/size/2", (10**9).to_bytes(8, "little"))
+    net.store.set("local/1/have/2", b"junk")
+    res = net.exchange_all({0: b"a", 1: b"b"}, step=1)
+    assert res[0].left_out[2].startswith("over limit")
+    for step in (2, 3):
+        net.exchange_all({0: b"a", 1: b"b", 2: b"c"}, step=step)
+    for key in ["local/1/size/2", "local/1/have/2", "local/1/roster"] + [
+            f"local/1/data/2/{i}" for i in range(3)]:
+        assert not net.store.check([key]), key
+    assert net.store.num_keys() - base <= 2 * 3 * (3 + 3) + 2  # two steps' worth at most
+
+
+def test_unsigned_records_of_another_run_are_ignored():
+    store = dist.HashStore()
+    old = [tp.StoreTransport(store, r, 2, run_id=1, deadline=0.3) for r in range(2)]
+    new = [tp.StoreTransport(store, r, 2, run_id=2, deadline=0.3) for r in range(2)]
+    run_threads([lambda r=r: old[r].exchange(b"old", step=0) for r in range(2)])
+    # run 2 reuses the store and namespace: run 1's roster of step 0 is not its own
+    t1 = new[1]
+    with pytest.raises(tp.TransportError, match="no valid roster"):
+        t1.exchange(b"new", step=0)
+
+
 def test_exchange_payloads_leaves_out_invalid_payloads_with_their_rule():
     net = tp.LocalNetwork(4, deadline=2.0)
     good = {r: make_payload(LAYOUT, "sign", "auto", seed=r, step=9, sender=r) for r in range(4)}
@@ -245,8 +276,8 @@ def test_no_pickle_anywhere_in_the_package(tmp_path):
 from distro_kernels.transport import records as rec  # noqa: E402
 from distro_kernels.wire import signing  # noqa: E402
 
-KEYS = {p: signing.generate_keypair() for p in range(4)}
-MANIFEST = signing.Manifest({p: pub for p, (_, pub) in KEYS.items()}, coordinator=0)
+MANIFEST, _PRIV = signing.Manifest.generate(4)
+KEYS = {p: (k, MANIFEST.peers[p]) for p, k in _PRIV.items()}
 MANIFEST3 = signing.Manifest({p: KEYS[p][1] for p in range(3)}, coordinator=0)
 
 

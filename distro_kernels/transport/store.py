@@ -54,6 +54,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
+from ..wire.header import run_id_bytes
 from . import records as rec
 from .result import ExchangeResult, TransportError
 
@@ -78,13 +79,14 @@ class StoreTransport:
       key; peers are ``0..world_size-1``). Every payload must then be signed
       (``Payload.to_bytes(signing_key=...)``); the records are signed with ``signing_key``.
     - ``coordinator``: the peer that commits each step (unsigned runs; signed runs take the
-      manifest's).
+      manifest's). ``run_id``: the run's id for the records (unsigned runs; default zeros;
+      signed runs use the manifest's digest).
     """
 
     def __init__(
         self, store, rank: int, world_size: int, *, deadline: float = 30.0,
         max_bytes: int | None = None, layout=None, manifest=None, signing_key=None,
-        coordinator: int | None = None, namespace: str = "distro_kernels/exchange",
+        coordinator: int | None = None, run_id=None, namespace: str = "distro_kernels/exchange",
         retain_steps: int = 4, piece_bytes: int = 4 * 1024 * 1024, start_step: int = 0,
         poll_interval: float = 0.0005, max_poll_interval: float = 0.005,
         gather_fraction: float = 0.4, decide_fraction: float = 0.7,
@@ -123,7 +125,12 @@ class StoreTransport:
         self.max_bytes = int(max_bytes)
         self.manifest, self.signing_key = manifest, signing_key
         self.coordinator = coordinator
-        self.run_id = manifest.run_id if manifest is not None else bytes(16)
+        if manifest is not None:
+            if run_id is not None and run_id_bytes(run_id) != manifest.run_id:
+                raise ValueError("a signed run's run id is its manifest's digest")
+            self.run_id = manifest.run_id
+        else:  # unsigned: records of another run (same store and namespace) are ignored
+            self.run_id = bytes(16) if run_id is None else run_id_bytes(run_id)
         self.retain_steps, self.piece_bytes = int(retain_steps), int(piece_bytes)
         self.max_pieces = max(1, -(-self.max_bytes // self.piece_bytes))
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval

@@ -158,6 +158,14 @@ class Manifest:
         self.digest = digest16(self.canonical_bytes())
         self._keys: dict = {}
 
+    @classmethod
+    def generate(cls, n: int, *, coordinator: int = 0):
+        """A new run of peers ``0..n-1`` with fresh keys, for simulations and tests (in a real
+        run each peer makes its own key): ``(manifest, {peer: private key})``."""
+        keys = {p: generate_keypair() for p in range(int(n))}
+        return (cls({p: pub for p, (_, pub) in keys.items()}, coordinator=coordinator),
+                {p: priv for p, (priv, _) in keys.items()})
+
     # ------------------------------------------------------------------ identity
     def canonical_bytes(self) -> bytes:
         """What ``digest`` covers: domain, nonce, coordinator, then each (id, key) ascending."""
