@@ -235,3 +235,73 @@ def test_manifest_argument_checks(keys):
     assert not m.verify(9, bytes(64), b"abc")
     # a random nonce by default: two manifests of the same keys are two runs
     assert signing.Manifest({0: pub}).run_id != signing.Manifest({0: pub}).run_id
+
+
+def test_verify_envelope_checks_what_a_transport_can_without_the_layout(keys, manifest):
+    data = _payload(manifest, sender=2, step=4).to_bytes(signing_key=keys[2][0])
+    h = signing.verify_envelope(data, manifest, expect_sender=2, expect_step=4,
+                                max_bytes=len(data))
+    assert h.sender == 2 and h.step == 4
+    cases = [
+        (data, dict(expect_sender=1), wire.WrongSender),
+        (data, dict(expect_step=5), wire.WrongStep),
+        (data, dict(max_bytes=len(data) - 1), wire.LengthOverLimit),
+        (_payload(manifest, sender=2).to_bytes(), {}, wire.MissingSignature),
+        (_payload(manifest, sender=2).to_bytes(signing_key=keys[1][0]), {}, wire.BadSignature),
+        (data[:-1] + bytes([data[-1] ^ 1]), {}, wire.BadSignature),
+        (b"DKWP" + data[4:90], {}, wire.Truncated),
+        (b"XXXX" + data[4:], {}, wire.BadMagic),
+    ]
+    for raw, kw, err in cases:
+        with pytest.raises(err):
+            signing.verify_envelope(raw, manifest, **({"max_bytes": 1 << 20} | kw))
+
+
+def test_random_damage_to_signed_messages_raises_only_payload_errors(keys, manifest):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    data = _payload(manifest, codec="f32").to_bytes(signing_key=keys[1][0])
+    for _ in range(300):
+        b = bytearray(data)
+        for pos in rng.integers(0, len(b), size=int(rng.integers(1, 4))):
+            b[pos] = int(rng.integers(0, 256))
+        if rng.random() < 0.2:
+            b = b[: int(rng.integers(0, len(b)))]
+        try:
+            wire.Payload.from_bytes(bytes(b), LAYOUT, manifest=manifest)
+        except wire.PayloadError:
+            continue
+        assert bytes(b) == data  # only the undamaged message parses
+
+
+def test_manifest_generate_makes_a_consistent_run():
+    m, priv = signing.Manifest.generate(3, coordinator=2)
+    assert sorted(priv) == [0, 1, 2] and m.coordinator == 2
+    for p, k in priv.items():
+        m.check_key(p, k)
+
+
+def test_identity_command_line(tmp_path, capsys):
+    from distro_kernels import identity
+
+    pubs = {}
+    for p in range(2):
+        assert identity.main(["keygen", str(tmp_path / f"p{p}.key")]) == 0
+        pubs[p] = capsys.readouterr().out.strip()
+        assert stat.S_IMODE(os.stat(tmp_path / f"p{p}.key").st_mode) == 0o600
+        assert identity.main(["pubkey", str(tmp_path / f"p{p}.key")]) == 0
+        assert capsys.readouterr().out.strip() == pubs[p]
+    out = str(tmp_path / "run.json")
+    assert identity.main(["manifest", out, f"0={pubs[0]}", f"1={pubs[1]}"]) == 0
+    digest = capsys.readouterr().out.strip()
+    m = signing.Manifest.from_file(out)
+    assert m.digest.hex() == digest and m.peers[1].hex() == pubs[1]
+    assert identity.main(["show", out, "--expect-digest", digest]) == 0
+    shown = capsys.readouterr().out
+    assert f"digest {digest}" in shown and f"peer 1 {pubs[1]}" in shown
+    assert identity.main(["show", out, "--expect-digest", "00" * 16]) == 1
+    assert identity.main(["keygen", str(tmp_path / "p0.key")]) == 1  # never overwrites
+    assert identity.main(["manifest", out + "2", f"0={pubs[0]}", f"0={pubs[1]}"]) == 1
+    with pytest.raises(SystemExit):
+        identity.main(["manifest", out, "zero=ab"])
