@@ -31,7 +31,7 @@ from .records import RecordError, payload_digest
 from .store import DEFAULT_MAX_BYTES, StoreTransport, loopback_store
 
 __all__ = [
-    "DEFAULT_MAX_BYTES", "RecordError", "payload_digest", "ExchangeResult", "GlooTransport", "LocalNetwork", "StepResult", "StoreTransport",
-    "TransportError", "default_transport", "exchange", "exchange_payloads", "loopback_store",
-    "reset_default_transport",
+    "DEFAULT_MAX_BYTES", "ExchangeResult", "GlooTransport", "LocalNetwork", "RecordError",
+    "StepResult", "StoreTransport", "TransportError", "default_transport", "exchange",
+    "exchange_payloads", "loopback_store", "payload_digest", "reset_default_transport",
 ]

@@ -196,8 +196,8 @@ class StoreTransport:
         """Write this peer's payload for ``step`` (pieces, then the size hint)."""
         data = memoryview(payload).cast("B")
         n = len(data)
-        if self.manifest is not None and n <= self.max_bytes:  # a caller bug, caught here rather than by the peers
-            from ..wire.signing import verify_envelope
+        if self.manifest is not None and n <= self.max_bytes:
+            from ..wire.signing import verify_envelope  # a caller bug: caught here, not by peers
 
             verify_envelope(data, self.manifest, expect_sender=self.rank, expect_step=step,
                             max_bytes=self.max_bytes)
