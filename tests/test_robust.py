@@ -230,3 +230,15 @@ def test_sign_codec_one_peer_moves_each_mean_by_at_most_two_over_n():
             before = d / (n - 1) if n > 1 else 0.0
             for own in (-1, 1):
                 assert abs((d + own) / n - before) <= robust.sign_mean_bound(n) + 1e-15
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_clip_on_cuda_gives_the_cpu_bits():
+    rng = np.random.default_rng(77)
+    for P in (1, 2, 5, 8):
+        vals = random_peer_values(rng, P, (37, 64))
+        for tau in (0.5, 1.7, 3.0):
+            cpu = robust.clip_peer_values([torch.from_numpy(v) for v in vals], tau)
+            gpu = robust.clip_peer_values([torch.from_numpy(v).cuda() for v in vals], tau)
+            for a, b in zip(cpu, gpu):
+                np.testing.assert_array_equal(bits(a), bits(b.cpu()))
