@@ -153,7 +153,7 @@ class Peer:
                     evil.delete_key(k(step, "data", 2, 0))
                     evil.delete_key(k(step, "size", 2))
                     i += 1
-                    time.sleep(0.002)
+                    time.sleep(0.0005)
 
             th = threading.Thread(target=mischief)
             th.start()
