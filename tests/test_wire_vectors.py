@@ -503,8 +503,10 @@ def test_hostile_index_content_is_refused(case):
 def test_doc_error_table_names_the_code_classes():
     """docs/wire-format.md's table of error classes and rule ids is errors.py's."""
     doc = open(os.path.join(os.path.dirname(B.HERE), "docs", "wire-format.md")).read()
-    rows = dict(re.findall(r"^\| `(\w+)`(?: \(a `BadValue`\))? \| `(\w+)` \|$", doc, re.M))
+    rows = dict(re.findall(r"^\| `(\w+)`(?: \(a `\w+`\))? \| `(\w+)` \|$", doc, re.M))
     assert rows == {cls.__name__: cls.rule for cls in wire.RULES}
     for name in rows:
         if name in ("NonFiniteValue", "ValueOutOfRange"):
             assert issubclass(getattr(wire, name), wire.BadValue)
+        if name in ("MissingSignature", "UnknownSender", "BadSignature"):
+            assert issubclass(getattr(wire, name), wire.SignatureError)

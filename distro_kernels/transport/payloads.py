@@ -23,14 +23,23 @@ class StepResult:
         return tuple(self.payloads)
 
 
-def exchange_payloads(transport, payload: Payload, *, max_bytes: int | None = None) -> StepResult:
+def exchange_payloads(transport, payload: Payload, *, max_bytes: int | None = None,
+                      manifest=None, signing_key=None) -> StepResult:
     """Send ``payload`` through ``transport`` (anything with ``exchange(bytes, step=...)``)
     and parse what comes back against ``payload``'s layout, step and run id, checking that
     each payload's sender is the peer it came from.
 
-    Parsing is deterministic, so every honest peer leaves out the same invalid payloads.
+    ``manifest`` / ``signing_key`` default to the transport's (a signed
+    :class:`~.store.StoreTransport`): the payload is sent signed, and every received one must
+    be signed by its sender's manifest key. ``max_bytes`` defaults to the layout's largest
+    valid payload. Parsing is deterministic, so every honest peer leaves out the same invalid
+    payloads.
     """
-    data = payload.to_bytes()
+    if manifest is None:
+        manifest = getattr(transport, "manifest", None)
+    if signing_key is None:
+        signing_key = getattr(transport, "signing_key", None)
+    data = payload.to_bytes(signing_key=signing_key)
     result = transport.exchange(data, step=payload.step)
     good: dict[int, Payload] = {}
     left_out = dict(result.left_out)
@@ -41,7 +50,7 @@ def exchange_payloads(transport, payload: Payload, *, max_bytes: int | None = No
         try:
             good[peer] = Payload.from_bytes(
                 raw, payload.layout, expect_step=payload.step, expect_run_id=payload.run_id,
-                expect_sender=peer, max_bytes=max_bytes,
+                expect_sender=peer, max_bytes=max_bytes, manifest=manifest,
             )
         except PayloadError as e:
             left_out[peer] = f"invalid payload: {type(e).__name__}: {e}"

@@ -145,9 +145,36 @@ class WrongSender(PayloadError):
     rule = "sender"
 
 
+class SignatureError(PayloadError):
+    """A signed-run rule (SPEC 5): the parser was given a manifest and the payload is not
+    signed by the manifest key of its header's sender."""
+
+    rule = "signature"
+
+
+class MissingSignature(SignatureError):
+    """The payload carries no signature, and the run is signed."""
+
+    rule = "signature_missing"
+
+
+class UnknownSender(SignatureError):
+    """The header's sender id is not a peer of the run's manifest."""
+
+    rule = "sender_unknown"
+
+
+class BadSignature(SignatureError):
+    """The signature does not verify under the manifest key of the header's sender (forged,
+    altered, or signed by another peer's key)."""
+
+    rule = "signature_invalid"
+
+
 #: Every concrete rule, for documentation and tests.
 RULES: tuple[type[PayloadError], ...] = (
     BadMagic, UnsupportedVersion, Truncated, LengthOverLimit, TrailingBytes, UnknownCodec,
     ReservedField, LayoutMismatch, WrongK, IndexOutOfRange, UnsortedIndices, MalformedStream,
     NonFiniteValue, ValueOutOfRange, DigestMismatch, WrongStep, WrongRun, WrongSender,
+    MissingSignature, UnknownSender, BadSignature,
 )

@@ -25,6 +25,11 @@ OFF_FLAGS, OFF_CHUNK, OFF_K, OFF_TENSORS = 8, 12, 16, 20
 OFF_STEP, OFF_TOTAL_LEN, OFF_SENDER, OFF_RESERVED = 24, 32, 40, 44
 OFF_RUN_ID, OFF_LAYOUT_DIGEST, OFF_KEPT, OFF_PARAMS = 48, 64, 80, 88
 
+# header flags: bit 1 says an Ed25519 signature (64 bytes) follows the trailer (SPEC 5);
+# every other bit is reserved and must be zero (bit 0 stays reserved: v1 readers refused it)
+FLAG_SIGNED = 0x2
+SIGNATURE_SIZE = 64
+
 # section header: index codec (u8), codec parameter (u8); rice adds the unary length (u64)
 SECTION = struct.Struct("<BB")
 SECTION_SIZE = SECTION.size  # 2

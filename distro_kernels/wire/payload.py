@@ -16,7 +16,10 @@ import torch
 from . import bitpack, rice
 from . import values as vcodec
 from .errors import (
+    BadSignature,
     DigestMismatch,
+    MissingSignature,
+    UnknownSender,
     IndexOutOfRange,
     LayoutMismatch,
     LengthOverLimit,
@@ -32,6 +35,7 @@ from .errors import (
     WrongStep,
 )
 from .format import (
+    FLAG_SIGNED,
     HEADER,
     HEADER_SIZE,
     INDEX_AUTO,
@@ -44,6 +48,7 @@ from .format import (
     RICE_LEN_SIZE,
     SECTION,
     SECTION_SIZE,
+    SIGNATURE_SIZE,
     TRAILER_SIZE,
     U32_MAX,
     U64_MAX,
@@ -216,8 +221,12 @@ class Payload:
         )
 
     # ------------------------------------------------------------------ encode
-    def to_bytes(self) -> bytes:
-        """The canonical message (docs/wire-format.md): the same payload gives the same bytes."""
+    def to_bytes(self, signing_key=None) -> bytes:
+        """The canonical message (docs/wire-format.md): the same payload gives the same bytes.
+
+        ``signing_key`` (an Ed25519 private key, :mod:`.signing`): a signed message, the
+        header's ``signed`` flag set and the 64-byte signature after the trailer. Without it
+        the bytes are exactly the unsigned format's."""
         lay = self.layout
         vc, ic = VALUE_CODECS[self.value_codec], INDEX_CODECS[self.index_codec]
         parts: list[bytes] = []
@@ -239,18 +248,24 @@ class Payload:
             else:
                 parts.append(vcodec.encode(self._vals[t], vc))
         body = b"".join(parts)
-        total = HEADER_SIZE + len(body) + TRAILER_SIZE
+        signed = signing_key is not None
+        total = HEADER_SIZE + len(body) + TRAILER_SIZE + (SIGNATURE_SIZE if signed else 0)
         header = HEADER.pack(
-            MAGIC, VERSION, ic, vc, 0, lay.chunk, lay.k, lay.n_tensors, self.step, total,
-            self.sender, 0, self.run_id, lay.digest, lay.total_kept, lay.numel,
+            MAGIC, VERSION, ic, vc, FLAG_SIGNED if signed else 0, lay.chunk, lay.k,
+            lay.n_tensors, self.step, total, self.sender, 0, self.run_id, lay.digest,
+            lay.total_kept, lay.numel,
         )
+        if signed:
+            from .signing import seal
+
+            return seal(header, body, signing_key)
         return b"".join((header, body, digest16(header, body)))
 
     # ------------------------------------------------------------------ parse
     @classmethod
     def from_bytes(
         cls, data, layout: Layout, *, expect_step: int | None = None, expect_run_id=None,
-        expect_sender: int | None = None, max_bytes: int | None = None,
+        expect_sender: int | None = None, max_bytes: int | None = None, manifest=None,
     ) -> "Payload":
         """Parse and validate a message from an untrusted peer.
 
@@ -259,6 +274,12 @@ class Payload:
         ``layout``) and the layout's sizes before anything is allocated from it. Raises a
         :class:`~.errors.PayloadError` subclass naming the rule; returns a new ``Payload``
         only when the whole message is valid.
+
+        ``manifest`` (a :class:`.signing.Manifest`): the run is signed; the payload must carry
+        a signature (``MissingSignature``) by the manifest key of its header's sender
+        (``UnknownSender``, ``BadSignature``), and the manifest's run id (``WrongRun``). These
+        are checked right after the trailer digest, before any other field. Without a
+        manifest a signed payload parses too (its signature is not checked).
         """
         if not isinstance(layout, Layout):
             raise TypeError("layout must be a wire.Layout")
@@ -266,11 +287,29 @@ class Payload:
         limit = layout.max_payload_bytes() if max_bytes is None else int(max_bytes)
         h = read_header(mv, limit)
         n = len(mv)
-        end = n - TRAILER_SIZE
-        if digest16(mv[:end]) != bytes(mv[end:]):
+        signed = bool(h.flags & FLAG_SIGNED)
+        sig_size = SIGNATURE_SIZE if signed else 0
+        if n < HEADER_SIZE + TRAILER_SIZE + sig_size:
+            raise Truncated(f"{n} bytes: a signed message needs at least "
+                            f"{HEADER_SIZE + TRAILER_SIZE + sig_size}")
+        end = n - TRAILER_SIZE - sig_size  # where the trailer digest starts
+        if digest16(mv[:end]) != bytes(mv[end : end + TRAILER_SIZE]):
             raise DigestMismatch("trailer digest does not match the message", offset=end)
-        if h.flags != 0 or h.reserved != 0:
+        if h.flags & ~FLAG_SIGNED or h.reserved != 0:
             raise ReservedField("reserved header fields must be zero", offset=8)
+        if manifest is not None:
+            if not signed:
+                raise MissingSignature("the run is signed; this payload carries no signature",
+                                       offset=8)
+            if h.sender not in manifest:
+                raise UnknownSender(f"sender {h.sender} is not in the run's manifest", offset=40)
+            if h.run_id != manifest.run_id:
+                raise WrongRun(f"run id {h.run_id.hex()} is not the manifest's run "
+                               f"{manifest.run_id.hex()}", offset=48)
+            sig_at = n - SIGNATURE_SIZE
+            if not manifest.verify(h.sender, mv[sig_at:], mv[:sig_at]):
+                raise BadSignature(f"signature does not verify under sender {h.sender}'s key",
+                                   offset=sig_at)
         if h.index_codec not in INDEX_CODEC_NAMES:
             raise UnknownCodec(f"index codec id {h.index_codec}", offset=6)
         if h.value_codec not in VALUE_CODEC_NAMES:
@@ -296,7 +335,7 @@ class Payload:
                 f"{layout.numel}", offset=80,
             )
         value_codec = VALUE_CODEC_NAMES[h.value_codec]
-        if n < layout.min_payload_bytes(value_codec):
+        if n - sig_size < layout.min_payload_bytes(value_codec):
             raise Truncated(
                 f"{n} bytes; the smallest valid payload for this layout and codec is "
                 f"{layout.min_payload_bytes(value_codec)}"

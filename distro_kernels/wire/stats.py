@@ -14,6 +14,8 @@ from .format import (
     SECTION,
     SECTION_SIZE,
     TRAILER_SIZE,
+    FLAG_SIGNED,
+    SIGNATURE_SIZE,
     VALUE_CODEC_NAMES,
     value_bytes,
 )
@@ -71,8 +73,9 @@ def stats(payload_bytes, layout: Layout | None = None) -> WireStats:
     )
     if layout is None:
         return WireStats(**base)
-    pos, end = HEADER_SIZE, total - TRAILER_SIZE
-    framing = HEADER_SIZE + TRAILER_SIZE
+    sig = SIGNATURE_SIZE if h.flags & FLAG_SIGNED else 0  # signed runs: framing too
+    pos, end = HEADER_SIZE, total - TRAILER_SIZE - sig
+    framing = HEADER_SIZE + TRAILER_SIZE + sig
     n_index = n_value = n_rice = 0
     params = []
     for t in range(layout.n_tensors):
