@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from . import ops, wire
+from . import ops, robust, wire
 
 EMPTY_PAYLOAD_REASON = "sent an empty payload (the peer skipped this step)"
 
@@ -91,15 +91,25 @@ class ModelStep:
 
     ``shapes``: every tensor's shape, in a fixed order all peers share; ``chunk``, ``k``,
     ``value_codec`` (``f32``/``bf16``/``f16``/``sign``) and ``run_id`` as in ``wire``.
+    Signed runs (``docs/threat-model.md``): ``manifest`` (a ``wire.signing.Manifest``; its
+    digest is the run id) makes every parse require its sender's signature, and
+    ``signing_key`` signs this peer's payloads.
     """
 
     def __init__(self, shapes: Sequence[Sequence[int]], *, chunk: int = 64, k: int = 32,
-                 value_codec: str = "f32", run_id=0, max_payload_bytes: int | None = None,
-                 index_codec: str = "auto"):
+                 value_codec: str = "f32", run_id=None, max_payload_bytes: int | None = None,
+                 index_codec: str = "auto", manifest=None, signing_key=None):
+        if manifest is not None:
+            if run_id is not None and wire.run_id_bytes(run_id) != wire.run_id_bytes(manifest.run_id):
+                raise ValueError("run_id differs from the manifest's (a signed run's id is its "
+                                 "manifest digest)")
+            run_id = manifest.run_id
+        self.manifest, self.signing_key = manifest, signing_key
         self.layout = wire.Layout([tuple(s) for s in shapes], chunk=chunk, k=k)
         self.shapes = [tuple(s) for s in shapes]
         self.chunk, self.k = int(chunk), int(k)
-        self.value_codec, self.index_codec, self.run_id = value_codec, index_codec, run_id
+        self.value_codec, self.index_codec = value_codec, index_codec
+        self.run_id = 0 if run_id is None else run_id
         self.max_payload_bytes = max_payload_bytes
 
     def max_bytes(self) -> int:
@@ -114,25 +124,38 @@ class ModelStep:
                                               backend=backend)
         return self.build(step, sender, indices, values)
 
+    def restore(self, deltas: Sequence[Tensor], indices: Sequence[Tensor],
+                values: Sequence[Tensor]) -> None:
+        """Adds back to ``deltas`` what :meth:`encode` sent out of them (its error feedback),
+        for a step whose exchange failed: the selected coefficients return to the momentum
+        instead of being lost. (Exact up to float32 rounding of the inverse.)"""
+        back = ops.decompress_many([[i] for i in indices], [[v.float()] for v in values],
+                                   self.shapes, self.chunk, reduce="sum_over_peers")
+        for delta, b in zip(deltas, back):
+            delta.add_(b.to(delta.device))
+
     def build(self, step: int, sender: int, indices: Sequence[Tensor], values: Sequence[Tensor]
               ) -> tuple[wire.Payload, bytes]:
         """The payload (and its bytes) of already-selected ``(indices, values)`` per tensor."""
         payload = wire.Payload(step, sender, self.run_id, self.layout,
                                [i.cpu() for i in indices], [v.cpu() for v in values],
                                self.value_codec, index_codec=self.index_codec)
-        return payload, payload.to_bytes()
+        return payload, payload.to_bytes(signing_key=self.signing_key)
 
     def parse(self, step: int, received: Mapping[int, bytes], **kwargs) -> ReceivedStep:
         """:func:`parse_received` with this run's layout, run id and size bound."""
         kwargs.setdefault("max_bytes", self.max_bytes())
         kwargs.setdefault("value_codec", self.value_codec)
+        if self.manifest is not None:
+            kwargs["parse_options"] = {"manifest": self.manifest, **dict(kwargs.get("parse_options") or {})}
         return parse_received(self.layout, step, self.run_id, received, **kwargs)
 
     def decode(self, payloads: Mapping[int, wire.Payload], *, sign: bool = True,
                reduce: str = "mean", device: torch.device | str = "cpu",
-               backend: str = "auto") -> list[Tensor]:
+               backend: str = "auto", clip_tau: float | None = None) -> list[Tensor]:
         """One update per tensor from validated payloads (ascending sender id), on ``device``;
-        zeros when no payload made the step."""
+        zeros when no payload made the step. ``clip_tau``: SPEC 4.2's robust clip of each
+        peer's values per tensor (``f32``/``bf16``/``f16`` codecs; see ``robust``)."""
         senders = sorted(payloads)
         if not senders:
             return [torch.zeros(s, dtype=torch.float32, device=device) for s in self.shapes]
@@ -143,5 +166,10 @@ class ModelStep:
         per_peer = [p.indices for p in ordered]  # [peer][tensor], views of the parsed arrays
         indices = [[peer[t].to(device) for peer in per_peer] for t in range(self.layout.n_tensors)]
         values = [[p.wire_values(t).to(device) for p in ordered] for t in range(self.layout.n_tensors)]
+        if clip_tau is not None:
+            if codec == "sign":
+                raise ValueError("clip_tau is for the f32/bf16/f16 codecs (a sign peer's weight "
+                                 "is bounded already: robust.sign_mean_bound)")
+            values = robust.clip_model(values, clip_tau)
         return ops.decompress_many(indices, values, self.shapes, self.chunk, reduce=reduce,
                                    value_codec=codec, sign=sign, backend=backend)

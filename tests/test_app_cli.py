@@ -56,6 +56,23 @@ def test_tiny_demo_run_writes_table_and_json(tmp_path):
     assert len(s["demo_train_curve"]) == 6 and [p[0] for p in s["demo_heldout_curve"]] == [3, 6]
 
 
+def test_signed_exchange_gives_the_same_training_as_gloo(tmp_path):
+    """``--exchange signed`` (store exchange, Ed25519 payloads, run manifest) trains exactly
+    as the gloo exchange does: same losses, payloads 64 bytes (the signature) longer."""
+    out = {}
+    for exchange in ("gloo", "signed"):
+        path = tmp_path / f"{exchange}.json"
+        run = _run("demo", *TINY, "--only", "demo", "--exchange", exchange, "--json", str(path),
+                   "--no-progress")
+        assert run.returncode == 0, run.stdout + run.stderr
+        out[exchange] = json.loads(path.read_text())
+    gloo, signed = out["gloo"], out["signed"]
+    assert signed["demo_transport"] == "StoreTransport" and gloo["demo_transport"] == "GlooTransport"
+    assert signed["demo_train_curve"] == gloo["demo_train_curve"]
+    assert signed["demo_heldout_loss"] == gloo["demo_heldout_loss"] and signed["demo_peers_agree"]
+    assert signed["demo_bytes_per_peer_step"] == gloo["demo_bytes_per_peer_step"] + 64
+
+
 def test_plot_without_matplotlib_fails_clearly(tmp_path):
     try:
         import matplotlib  # noqa: F401

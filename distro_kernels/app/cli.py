@@ -37,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="DeMo peak lr (default %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.demo_weight_decay,
                    help="DeMo decoupled weight decay (default %(default)s)")
+    g.add_argument("--exchange", choices=("gloo", "store", "signed"), default=d.exchange,
+                   help="DeMo's exchange: gloo all_gather (trusted peers), the store exchange, "
+                   "or the store exchange with Ed25519-signed payloads and a run manifest "
+                   "(default %(default)s)")
     g.add_argument("--backend", default=d.backend,
                    help="kernel implementation override: auto, reference, native (default %(default)s)")
     g = p.add_argument_group("baseline (AdamW + full-gradient all-reduce)")
@@ -62,6 +66,7 @@ def config_from_args(a: argparse.Namespace) -> DemoConfig:
         lr=a.lr,
         demo_weight_decay=a.weight_decay, baseline_lr=a.baseline_lr,
         baseline_weight_decay=a.baseline_weight_decay, backend=a.backend, seed=a.seed,
+        exchange=a.exchange,
         threads=a.threads, eval_batches=a.eval_batches, eval_every=a.eval_every,
         methods=(a.only,) if a.only else METHODS,
     )

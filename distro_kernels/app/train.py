@@ -64,6 +64,11 @@ class DemoConfig:
     eval_every: int = 50  # held-out curve points, on the final evaluation's batches (0: none)
     methods: tuple[str, ...] = METHODS
     deadline: float = 120.0  # seconds a peer waits for the others in one exchange
+    # DeMo's exchange: "gloo" (all_gather; a trusted group, the fastest here), "store" (the
+    # store exchange: deadlines, bounded reads) or "signed" (store + Ed25519 signatures, run
+    # manifest, coordinator-committed steps: docs/threat-model.md)
+    exchange: str = "gloo"
+    key_dir: str = ""  # "signed": where the parent wrote manifest.json and peer-<r>.key
     timeout: float = 1800.0  # seconds the parent waits for the whole run
 
     def model_config(self) -> ModelConfig:
@@ -88,11 +93,37 @@ def lr_at(step: int, cfg: DemoConfig, peak: float) -> float:
 # ----------------------------------------------------------------------------- transport seam
 
 
-def make_transport(cfg: DemoConfig):
-    """The project's gloo transport: two ``all_gather`` calls per step, with a deadline."""
-    from ..transport import GlooTransport
+EXCHANGES = ("gloo", "store", "signed")
 
-    return GlooTransport(deadline=cfg.deadline)
+
+def make_transport(cfg: DemoConfig, layout):
+    """``gloo``: two ``all_gather`` calls per step (trusted groups only). ``store``/``signed``:
+    ``None``, so DeMo builds its default store exchange (with the run's manifest and this
+    peer's key when signed)."""
+    if cfg.exchange == "gloo":
+        from ..transport import GlooTransport
+
+        return GlooTransport(deadline=cfg.deadline, layout=layout)
+    return None
+
+
+def write_run_keys(directory: str, peers: int) -> None:
+    """What a launcher of a signed run does: one key per peer (mode 0600) and the manifest
+    (peer id -> public key) that every peer loads. In a real run each peer makes its own key
+    and sends only the public one (``python -m distro_kernels.identity``)."""
+    from ..wire.signing import Manifest, save_private_key
+
+    manifest, keys = Manifest.generate(peers)
+    for rank, key in keys.items():
+        save_private_key(key, os.path.join(directory, f"peer-{rank}.key"))
+    manifest.to_file(os.path.join(directory, "manifest.json"))
+
+
+def load_run_keys(cfg: DemoConfig, rank: int):
+    from ..wire.signing import Manifest, load_private_key
+
+    return (Manifest.from_file(os.path.join(cfg.key_dir, "manifest.json")),
+            load_private_key(os.path.join(cfg.key_dir, f"peer-{rank}.key")))
 
 
 # ----------------------------------------------------------------------------- one peer
@@ -119,10 +150,16 @@ def _train_one(method: str, cfg: DemoConfig, rank: int, shard: Shard, evals: dic
     if method == "demo":
         from ..optim import DeMo
 
+        from ..wire import Layout
+
+        signed = load_run_keys(cfg, rank) if cfg.exchange == "signed" else (None, None)
+        layout = Layout([p.shape for p in params], chunk=cfg.chunk, k=cfg.k)
         opt = DeMo(params, lr=cfg.lr, compression_decay=cfg.decay, compression_topk=cfg.k,
                    compression_chunk=cfg.chunk,
                    weight_decay=cfg.demo_weight_decay, value_codec=cfg.codec,
-                   transport=make_transport(cfg), backend=cfg.backend, run_id=cfg.seed)
+                   transport=make_transport(cfg, layout), backend=cfg.backend,
+                   run_id=0 if signed[0] is not None else cfg.seed, deadline=cfg.deadline,
+                   manifest=signed[0], signing_key=signed[1])
         peak = cfg.lr
     else:
         opt = torch.optim.AdamW(params, lr=cfg.baseline_lr, betas=(0.9, 0.95),
@@ -263,7 +300,23 @@ def run(cfg: DemoConfig, progress=None) -> RunResult:
     """
     import multiprocessing as mp
 
+    import tempfile
+
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if cfg.exchange not in EXCHANGES:
+        raise ValueError(f"exchange must be one of {EXCHANGES}, got {cfg.exchange!r}")
+    keys = tempfile.TemporaryDirectory(prefix="dk-run-keys-") if cfg.exchange == "signed" else None
+    if keys is not None:
+        write_run_keys(keys.name, cfg.peers)
+        cfg = DemoConfig(**{**cfg.to_dict(), "methods": cfg.methods, "key_dir": keys.name})
+    try:
+        return _run(cfg, progress, mp)
+    finally:
+        if keys is not None:
+            keys.cleanup()
+
+
+def _run(cfg: DemoConfig, progress, mp) -> RunResult:
     ctx = mp.get_context("spawn")
     out_queue = ctx.Queue()
     port = _free_port()

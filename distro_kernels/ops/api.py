@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .. import dispatch
+from .. import dispatch, robust
 from ..validation import check_float
 from . import definitions as op
 from .arguments import flatten_model, require_peer_tensors, require_tensor, split_flat
@@ -55,18 +55,38 @@ def compress(x: Tensor, k: int = 32, chunk: int = 64, *, policy: str = "divisor"
     return _run(backend, op.compress, x, k, chunk, policy)
 
 
+_ROUNDED = {"bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def _clipped(values_per_tensor, value_codec: str, tau):
+    """SPEC 4.2's clip before aggregation, on the values as the wire carries them (rounded to
+    bf16/f16 first), so a call here decodes exactly as the same payloads after a wire trip.
+    Returns float32 values (codec ``f32``) and the codec to decode them with."""
+    if value_codec == "sign":
+        raise ValueError("clip_tau is for the f32/bf16/f16 codecs (a sign peer's weight is "
+                         "bounded already: robust.sign_mean_bound)")
+    dtype = _ROUNDED.get(value_codec)
+    rounded = [[(v.to(dtype) if dtype is not None else v).float() for v in peers]
+               for peers in values_per_tensor]
+    return robust.clip_model(rounded, tau), "f32"
+
+
 def decompress(
     indices_list: Sequence[Tensor], values_list: Sequence[Tensor], shape: Sequence[int],
     chunk: int = 64, *, reduce: str = "mean", value_codec: str = "f32", sign: bool = False,
-    policy: str = "divisor", backend: str = "auto",
+    policy: str = "divisor", clip_tau: float | None = None, backend: str = "auto",
 ) -> Tensor:
     """SPEC section 4: aggregate P peers (list order) and run the canonical inverse DCT.
 
     Bit-identical on every backend. ``value_codec="sign"`` takes each peer's values as the
     uint8 output of :func:`pack_signs`; ``"bf16"``/``"f16"`` round float values to that format
-    first. ``sign=True`` returns ``sign(y)`` (DeMo's update).
+    first. ``sign=True`` returns ``sign(y)`` (DeMo's update). ``clip_tau``: SPEC 4.2's robust
+    clip (each peer's values scaled down to at most ``tau`` times the median peer's largest),
+    the same bits on every backend (``robust``).
     """
     require_peer_tensors(indices_list, values_list)
+    if clip_tau is not None and values_list:
+        [values_list], value_codec = _clipped([list(values_list)], value_codec, clip_tau)
     return _run(backend, op.decompress, list(indices_list), list(values_list),
                 [int(d) for d in shape], chunk, reduce, value_codec, sign, policy)
 
@@ -74,15 +94,19 @@ def decompress(
 def decompress_many(
     indices_per_tensor: Sequence[Sequence[Tensor]], values_per_tensor: Sequence[Sequence[Tensor]],
     shapes: Sequence[Sequence[int]], chunk: int = 64, *, reduce: str = "mean",
-    value_codec: str = "f32", sign: bool = False, backend: str = "auto",
+    value_codec: str = "f32", sign: bool = False, clip_tau: float | None = None,
+    backend: str = "auto",
 ) -> list[Tensor]:
     """:func:`decompress` for a whole model in one call (one dispatch, one parallel pass).
 
     ``indices_per_tensor[t][p]`` / ``values_per_tensor[t][p]`` are peer ``p``'s payload for
     tensor ``t``; every tensor has the same peers, in the same order. Bit-identical to calling
-    :func:`decompress` per tensor.
+    :func:`decompress` per tensor (``clip_tau`` too: each tensor has its own median).
     """
     indices, values, shapes_flat, ndims = flatten_model(indices_per_tensor, values_per_tensor, shapes)
+    if clip_tau is not None and indices:
+        clipped, value_codec = _clipped(values_per_tensor, value_codec, clip_tau)
+        values = [v for peers in clipped for v in peers]
     return _run(backend, op.decompress_many, indices, values, shapes_flat, ndims, chunk, reduce,
                 value_codec, sign)
 

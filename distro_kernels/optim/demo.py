@@ -24,8 +24,9 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
-from .. import wire
+from .. import ops, wire
 from ..step import ModelStep
+from ..transport.result import TransportError
 from .transports import default_transport
 
 VALUE_CODECS = ("f32", "bf16", "f16", "sign")
@@ -66,6 +67,14 @@ class DeMo(torch.optim.Optimizer):
     peer's momentum untouched and sends an empty payload (the other peers leave it out of the
     step, saying why), then applies the other peers' aggregate as usual, so replicas stay
     identical (AMP's ``GradScaler`` skips steps the same way).
+    Signed runs (docs/threat-model.md): ``manifest`` (``wire.signing.Manifest``; its digest
+    becomes the run id) and this peer's ``signing_key``: payloads are signed, every received
+    one must carry its sender's valid signature, and the default transport commits each step
+    through the manifest's coordinator. ``clip_tau``: SPEC 4.2's robust clip of every peer's
+    values per tensor before aggregation (``f32``/``bf16``/``f16`` codecs), which bounds what one
+    poisoning peer can move (docs/threat-model.md). A :class:`TransportError` from the
+    exchange (it delivered nothing) leaves parameters and the step counter as they were and
+    returns the step's selected coefficients to the momentum (:meth:`abandon`).
     """
 
     def __init__(
@@ -86,6 +95,9 @@ class DeMo(torch.optim.Optimizer):
         sign: bool = True,
         deadline: float = 30.0,
         nonfinite: str = "raise",
+        manifest=None,
+        signing_key=None,
+        clip_tau: float | None = None,
     ):
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate {lr}")
@@ -95,6 +107,9 @@ class DeMo(torch.optim.Optimizer):
             raise ValueError("compression_topk and compression_chunk must be >= 1")
         if value_codec not in VALUE_CODECS:
             raise ValueError(f"value_codec must be one of {VALUE_CODECS}, got {value_codec!r}")
+        if clip_tau is not None and (value_codec == "sign" or not float(clip_tau) > 0.0):
+            raise ValueError("clip_tau must be > 0 and is for the f32/bf16/f16 codecs (a sign "
+                             "peer's weight is bounded already)")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
@@ -108,6 +123,8 @@ class DeMo(torch.optim.Optimizer):
         self.sign = bool(sign)
         self.deadline = float(deadline)
         self.nonfinite = nonfinite
+        self.manifest, self.signing_key = manifest, signing_key
+        self.clip_tau = None if clip_tau is None else float(clip_tau)
         self.process_group = process_group
         self._transport = transport
         self._params = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
@@ -115,9 +132,12 @@ class DeMo(torch.optim.Optimizer):
             raise ValueError("DeMo got no parameters that require grad")
         self._model = ModelStep(
             [tuple(p.shape) for p in self._params], chunk=self.compression_chunk,
-            k=self.compression_topk, value_codec=value_codec, run_id=self.run_id,
-            max_payload_bytes=self.max_payload_bytes,
+            k=self.compression_topk, value_codec=value_codec,
+            run_id=None if (manifest is not None and run_id == 0) else run_id,
+            max_payload_bytes=self.max_payload_bytes, manifest=manifest, signing_key=signing_key,
         )
+        self.run_id = self._model.run_id
+        self._sent = None  # (deltas, indices, values) of the pending step, for restore
         self._step = 0
         # what prepare() built for this step: (payload, bytes), or (None, b"") when skipped
         self._pending: tuple[wire.Payload | None, bytes] | None = None
@@ -140,7 +160,9 @@ class DeMo(torch.optim.Optimizer):
     @property
     def transport(self):
         if self._transport is None:
-            self._transport = default_transport(self.process_group, self.deadline)
+            self._transport = default_transport(
+                self.process_group, self.deadline, layout=self._model.layout,
+                manifest=self.manifest, signing_key=self.signing_key)
         return self._transport
 
     @property
@@ -229,36 +251,21 @@ class DeMo(torch.optim.Optimizer):
             self._skipped = problem
             self._pending = (None, b"")
             return b""
-        deltas, grads, lrs = [], [], set()
-        for group in self.param_groups:
+        deltas, indices, values = [], [], []
+        groups = [g for g in self.param_groups if any(p.requires_grad for p in g["params"])]
+        for group in groups:  # one fused call per group (usually one for the whole model)
             params = [p for p in group["params"] if p.requires_grad]
-            deltas += [self._delta(p) for p in params]
-            grads += [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            lrs.add(float(group["lr"]))
-        if len(lrs) == 1:  # one fused call for the whole model
-            self._pending = self._model.encode(
-                self._step, self.rank, deltas, grads, self.compression_decay, lrs.pop(),
-                backend=self.backend)
-        else:  # per-group learning rates: one fused call per group, one payload
-            self._pending = self._encode_per_group()
-        return self._pending[1]
-
-    def _encode_per_group(self) -> tuple[wire.Payload, bytes]:
-        from .. import ops
-
-        indices, values = [], []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.requires_grad]
-            if not params:
-                continue
+            group_deltas = [self._delta(p) for p in params]
             idx, val = ops.demo_step_many_(
-                [self._delta(p) for p in params],
-                [p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
+                group_deltas, [p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
                 self.compression_decay, group["lr"], self.compression_topk,
                 self.compression_chunk, backend=self.backend)
+            deltas += group_deltas
             indices += idx
             values += val
-        return self._model.build(self._step, self.rank, indices, values)
+        self._sent = (deltas, indices, values)
+        self._pending = self._model.build(self._step, self.rank, indices, values)
+        return self._pending[1]
 
     @torch.no_grad()
     def apply(self, received: Mapping[int, bytes]) -> StepReport:
@@ -285,7 +292,8 @@ class DeMo(torch.optim.Optimizer):
                             left_out=dict(sorted(parsed.left_out.items())))
         device = self._params[0].device
         updates = self._model.decode(parsed.payloads, sign=self.sign, device=device,
-                                     backend=self.backend)
+                                     backend=self.backend, clip_tau=self.clip_tau)
+        self._sent = None
         t = 0
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
@@ -317,8 +325,24 @@ class DeMo(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         payload = self.prepare()
-        self.apply(self._exchange(payload))
+        try:
+            received = self._exchange(payload)
+        except TransportError:
+            self.abandon()
+            raise
+        self.apply(received)
         return loss
+
+    @torch.no_grad()
+    def abandon(self) -> None:
+        """Forget a prepared step whose exchange failed (the transport delivered nothing): the
+        coefficients it selected go back into the momentum, parameters and the step counter
+        stay, and the next ``prepare()`` starts the same step again."""
+        if self._pending is None:
+            return
+        if self._sent is not None:
+            self._model.restore(*self._sent)
+        self._pending, self._sent, self._skipped = None, None, None
 
     def _exchange(self, payload: bytes):
         exchange = self.transport.exchange

@@ -34,13 +34,16 @@ class LoopbackTransport:
         return {0: bytes(payload)}
 
 
-def default_transport(process_group=None, deadline: float = 30.0):
-    """``torch.distributed`` initialized: the project's store transport on its group (per-step
-    deadline; missing or late peers are left out). Otherwise: a single loopback peer."""
+def default_transport(process_group=None, deadline: float = 30.0, *, layout=None,
+                      manifest=None, signing_key=None):
+    """``torch.distributed`` initialized: the project's store exchange on its group (per-step
+    deadline; every read bounded by ``layout``'s largest payload; signed and committed by the
+    manifest's coordinator when ``manifest`` is given). Otherwise: a single loopback peer."""
     if dist.is_available() and dist.is_initialized():
         from ..transport import StoreTransport
 
-        return StoreTransport.from_process_group(process_group, deadline=deadline)
+        return StoreTransport.from_process_group(process_group, deadline=deadline, layout=layout,
+                                                 manifest=manifest, signing_key=signing_key)
     if process_group is not None:
         raise RuntimeError("process_group given but torch.distributed is not initialized")
     return LoopbackTransport()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..wire import Payload, PayloadError
+from ..step import parse_received
+from ..wire import Payload
 
 
 @dataclass
@@ -41,17 +42,8 @@ def exchange_payloads(transport, payload: Payload, *, max_bytes: int | None = No
         signing_key = getattr(transport, "signing_key", None)
     data = payload.to_bytes(signing_key=signing_key)
     result = transport.exchange(data, step=payload.step)
-    good: dict[int, Payload] = {}
-    left_out = dict(result.left_out)
-    for peer, raw in sorted(result.items()):
-        if peer == payload.sender and raw == data:
-            good[peer] = payload  # our own bytes: no need to parse them
-            continue
-        try:
-            good[peer] = Payload.from_bytes(
-                raw, payload.layout, expect_step=payload.step, expect_run_id=payload.run_id,
-                expect_sender=peer, max_bytes=max_bytes, manifest=manifest,
-            )
-        except PayloadError as e:
-            left_out[peer] = f"invalid payload: {type(e).__name__}: {e}"
-    return StepResult(result.step, good, dict(sorted(left_out.items())), result.elapsed)
+    parsed = parse_received(
+        payload.layout, payload.step, payload.run_id, result, own=(payload, data),
+        max_bytes=max_bytes, left_out=result.left_out, value_codec=payload.value_codec,
+        parse_options={"manifest": manifest})
+    return StepResult(result.step, parsed.payloads, parsed.left_out, result.elapsed)
