@@ -23,7 +23,7 @@ device key (e.g. nvidia-h200-sm_90.json, amd-epyc-avx2.json), into --out.
   distro-kernels profile compare profiles/nvidia-h200-sm_90.json profiles/amd-epyc-avx2.json
 """
 
-DEFAULT_LAYOUTS = {("cpu", False): "4096x4096,llama-1b-block", ("cpu", True): "1024x1024",
+DEFAULT_LAYOUTS = {("cpu", False): "4096x4096,llama-1b-block", ("cpu", True): "512x1024",
                    ("cuda", False): "4096x4096,llama-1b", ("cuda", True): "4096x4096"}
 
 
@@ -120,6 +120,9 @@ def main(args) -> int:
         if bad := [o for o in ops if o not in OPS]:
             raise ValueError(f"unknown ops {bad}: choose from {', '.join(OPS)}")
         requested = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
+        known = [b for b in _backends.BACKEND_NAMES if b != "auto"] + ["eager"]
+        if bad := [b for b in requested or [] if b not in known]:
+            raise ValueError(f"unknown backend {bad[0]!r}: choose from {', '.join(known)}")
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError("--threads must be >= 1")
