@@ -9,6 +9,7 @@ the bytes are the op floors computed here independently.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import json
@@ -37,13 +38,26 @@ ROW_FIELDS = ("op", "layout", "shape", "backend", "status", "median_s", "spread"
               "dispatch", "clock")
 
 
-def profile(*args: str, env: dict | None = None, pre: str = "") -> subprocess.CompletedProcess:
-    """``python -m distro_kernels profile ARGS`` (``pre``: Python run first, in-process)."""
-    code = f"import sys; {pre}; from distro_kernels.__main__ import main; sys.exit(main(sys.argv[1:]))"
-    cmd = [sys.executable, "-c", code, "profile", *args] if pre else \
-        [sys.executable, "-m", "distro_kernels", "profile", *args]
+def profile(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m distro_kernels profile ARGS`` in a new interpreter (as a user runs it)."""
+    cmd = [sys.executable, "-m", "distro_kernels", "profile", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env={**os.environ, tuning.ENV: str(NO_CACHE), **(env or {})})
+
+
+def run_main(capsys, *args: str) -> tuple[int, str, str]:
+    """The same command in this process (fast: no interpreter start)."""
+    from distro_kernels.__main__ import main
+
+    capsys.readouterr()
+    rc = main(["profile", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(autouse=True)
+def _no_tuning_cache(monkeypatch):
+    monkeypatch.setenv(tuning.ENV, str(NO_CACHE))
 
 
 @pytest.fixture(scope="module")
@@ -176,19 +190,21 @@ def test_compare_prints_one_table_across_device_keys(quick, tmp_path):
     assert {tuple(row[:3]) for row in table} >= {(op, "512x1024", "eager") for op in EAGER_OPS}
 
 
-def test_compare_rejects_what_is_not_a_profile(tmp_path):
+def test_compare_rejects_what_is_not_a_profile(tmp_path, capsys):
     (tmp_path / "x.json").write_text('{"rows": []}')
     (tmp_path / "y.json").write_text("not json")
     for name in ("x.json", "y.json", "missing.json"):
-        res = profile("compare", str(tmp_path / name))
-        assert res.returncode == 2 and str(tmp_path / name) in res.stderr
-    assert profile("frobnicate").returncode == 2
+        rc, _, err = run_main(capsys, "compare", str(tmp_path / name))
+        assert rc == 2 and str(tmp_path / name) in err
+    assert run_main(capsys, "frobnicate")[0] == 2
+    assert run_main(capsys, "compare")[0] == 2
 
 
-def test_unavailable_backends_are_reported_not_dropped(tmp_path):
-    res = profile("--device", "cpu", "--layout", "tiny", "--ops", "encode,payload_parse", "--quick",
-                  "--backends", "reference,cuda,triton", "--out", str(tmp_path), "--no-progress")
-    assert res.returncode == 0, res.stderr
+def test_unavailable_backends_are_reported_not_dropped(tmp_path, capsys):
+    rc, out, err = run_main(capsys, "--device", "cpu", "--layout", "tiny", "--ops", "encode,payload_parse",
+                            "--quick", "--backends", "reference,cuda,triton", "--out", str(tmp_path),
+                            "--no-progress")
+    assert rc == 0, err
     doc = json.loads(next(tmp_path.glob("*.json")).read_text())
     skipped = {s["backend"]: s for s in doc["skipped"]}
     assert skipped["cuda"]["requested"] and skipped["triton"]["requested"]
@@ -198,8 +214,8 @@ def test_unavailable_backends_are_reported_not_dropped(tmp_path):
     assert rows[("encode", "cuda")]["status"] == "unavailable"
     assert rows[("encode", "cuda")]["reason"] == skipped["cuda"]["reason"]
     assert rows[("encode", "reference")]["status"] == "ok" and ("encode", "cpu") not in rows
-    assert "not profiled: cuda (requested)" in res.stdout
-    assert "not profiled: triton (requested)" in res.stdout
+    assert "not profiled: cuda (requested)" in out
+    assert "not profiled: triton (requested)" in out
 
 
 def test_unavailable_reason_comes_from_the_registry(monkeypatch):
@@ -212,28 +228,31 @@ def test_unavailable_reason_comes_from_the_registry(monkeypatch):
         select_backends(["cpu", "nonsense"], torch.device("cpu"))
 
 
-def test_usage_errors_exit_2_before_timing(tmp_path):
+def test_usage_errors_exit_2_before_timing(tmp_path, capsys):
     for args, words in ((["--layout", "nonsense"], "unknown layout"), (["--backends", "bogus"], "unknown backend"),
                         (["--ops", "encode,nope"], "unknown ops"), (["--k", "0"], "--k"),
                         (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "device")):
-        res = profile("--device", "cpu", *args, "--out", str(tmp_path / "x"), "--no-progress")
-        assert res.returncode == 2 and words in res.stderr, (args, res.stderr)
+        rc, _, err = run_main(capsys, "--device", "cpu", *args, "--out", str(tmp_path / "x"), "--no-progress")
+        assert rc == 2 and words in err, (args, err)
     assert not (tmp_path / "x").exists()
 
 
-def test_plot_without_matplotlib_fails_first_with_the_fix(tmp_path):
-    res = profile("--device", "cpu", "--layout", "tiny", "--plot", "--out", str(tmp_path / "p"),
-                  pre="sys.modules['matplotlib'] = None")
-    assert res.returncode == 2
-    assert "pip install 'distro_kernels[plot]'" in res.stderr
+def test_plot_without_matplotlib_fails_first_with_the_fix(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    rc, _, err = run_main(capsys, "--device", "cpu", "--layout", "tiny", "--plot", "--out", str(tmp_path / "p"))
+    assert rc == 2
+    assert "pip install 'distro_kernels[plot]'" in err
     assert not (tmp_path / "p").exists()  # refused before any timing or file
 
 
 def test_help_lists_profile():
-    res = subprocess.run([sys.executable, "-m", "distro_kernels", "--help"], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
-    assert "profile" in res.stdout
-    assert "--layout-json" in profile("--help").stdout
+    from distro_kernels.__main__ import build_parser
+
+    parser = build_parser()
+    assert "profile" in parser.format_help()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    text = sub.choices["profile"].format_help()
+    assert all(opt in text for opt in ("--layout-json", "--backends", "--codec", "--tune", "--plot", "compare"))
 
 
 # ------------------------------------------------------------------ layouts
@@ -269,12 +288,12 @@ def test_layout_json(tmp_path):
         layouts.load_layout_json(tmp_path / "missing.json")
 
 
-def test_layout_json_runs_end_to_end(tmp_path):
+def test_layout_json_runs_end_to_end(tmp_path, capsys):
     spec = tmp_path / "odd.json"
     spec.write_text('{"name": "odd", "shapes": [[31, 64], [5], [3, 8, 16]]}')
-    res = profile("--device", "cpu", "--layout-json", str(spec), "--ops", "decode+sign,payload_parse",
-                  "--backends", "reference", "--quick", "--out", str(tmp_path), "--no-progress")
-    assert res.returncode == 0, res.stderr
+    rc, _, err = run_main(capsys, "--device", "cpu", "--layout-json", str(spec), "--ops", "decode+sign,payload_parse",
+                          "--backends", "reference", "--quick", "--out", str(tmp_path), "--no-progress")
+    assert rc == 0, err
     doc = json.loads(next(tmp_path.glob("*-*.json")).read_text())
     assert {r["layout"] for r in doc["rows"]} == {"odd"}
     assert all(r["status"] == "ok" for r in doc["rows"])
@@ -288,7 +307,7 @@ def test_workload_payloads_are_valid_and_floors_match(tmp_path):
         import distro_kernels as dk
 
         outs = dk.decompress_many(idx, vals, w.shapes, 64, value_codec=codec, sign=True, backend="reference")
-        assert [tuple(o.shape) for o in outs] == lay.shapes
+        assert tuple(tuple(o.shape) for o in outs) == lay.shapes
         kept = sum(p.n_chunks * p.k_eff(5) for p in w.plans)
         assert w.kept == kept
         width = {"f32": 4, "bf16": 2, "sign": 1 / 8}[codec]
@@ -453,17 +472,23 @@ def test_coordinate_search_keeps_only_real_gains():
     assert tune.thread_candidates(6) == [1, 2, 4, 6] and tune.thread_candidates(1) == [1]
 
 
-def test_tune_cpu_threads_for_real(tmp_path):
-    res = profile("--device", "cpu", "--layout", "tiny", "--ops", "encode", "--backends", "cpu", "--quick",
-                  "--tune", "--out", str(tmp_path), "--no-progress", env={tuning.ENV: str(tmp_path / "c")})
+def test_tune_cpu_threads_for_real(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(tuning.ENV, str(tmp_path / "c"))
+    threads = torch.get_num_threads()
+    try:
+        rc, out, err = run_main(capsys, "--device", "cpu", "--layout", "tiny", "--ops", "encode", "--backends",
+                                "cpu", "--quick", "--tune", "--out", str(tmp_path), "--no-progress")
+    finally:
+        torch.set_num_threads(threads)
     if "cpu" not in backends.available():
-        assert res.returncode == 0 and "not available" in res.stdout
+        assert rc == 0 and "not available" in out
         return
-    assert res.returncode == 0, res.stderr
+    assert rc == 0, err
     doc = json.loads(next(tmp_path.glob("*.json")).read_text())
     cache = json.loads((tmp_path / "c" / "tuning.json").read_text())
     best = cache["devices"][doc["device"]["key"]]["cpu"]["settings"]
     assert best["threads"] in tune.thread_candidates(device.usable_cpus())
     assert doc["tuning"]["cpu"]["best"] == best and doc["settings"]["cpu"] == best
     assert doc["device"]["threads"] == best["threads"]
-    assert len(doc["tuning"]["cpu"]["trials"]) == len(tune.thread_candidates(device.usable_cpus()))
+    tried = [t["settings"]["threads"] for t in doc["tuning"]["cpu"]["trials"]]
+    assert sorted(tried) == sorted(set(tune.thread_candidates(device.usable_cpus())) | {threads})

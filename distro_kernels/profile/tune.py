@@ -44,15 +44,20 @@ def space(backend: str) -> dict[str, list[int]]:
 
 def coordinate_search(space_: dict[str, list], start: dict, measure: Callable[[dict], float]):
     """``(best, best_seconds, trials)``; ``measure`` returns seconds or raises (rejected)."""
-    trials = []
+    trials, seen = [], {}
 
     def attempt(candidate):
+        key = tuple(sorted(candidate.items()))
+        if key in seen:  # a coordinate revisits a value measured before: no new trial
+            return seen[key]
+        seen[key] = math.inf
         try:
             seconds = float(measure(candidate))
         except Exception as error:  # noqa: BLE001 - a failing candidate is only rejected
             trials.append({"settings": dict(candidate), "error": f"{type(error).__name__}: {error}"[:300]})
             return math.inf
         trials.append({"settings": dict(candidate), "seconds": seconds})
+        seen[key] = seconds
         return seconds
 
     best, best_s = dict(start), attempt(start)
