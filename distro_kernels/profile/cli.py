@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", action="store_true", help="also write DEVICE_KEY.md "
                    "(with compare: print markdown)")
     p.add_argument("--plot", action="store_true", help="also write DEVICE_KEY.png (matplotlib extra)")
+    p.add_argument("--triton-interpreter", action="store_true", help="also run the triton backend on "
+                   "CPU tensors in Triton's interpreter (needs TRITON_INTERPRET=1 set before the start; "
+                   "a smoke run of the GPU code path, not a measurement)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -112,6 +115,13 @@ def main(args) -> int:
     try:
         if args.plot:
             report.require_matplotlib()  # before minutes of timing, not after
+        if args.triton_interpreter:
+            from ..triton import enable_interpreter
+
+            try:
+                enable_interpreter()
+            except RuntimeError as error:
+                raise ValueError(f"--triton-interpreter: {error}") from None
         devices = _devices(args.device)
         config = Config(k=args.k, chunk=args.chunk, peers=args.peers, codec=args.codec)
         if not 1 <= args.k <= 1 << 20 or not 1 <= args.chunk <= 1024 or not 1 <= args.peers <= 1024:
@@ -152,7 +162,9 @@ def main(args) -> int:
             progress.close()
             return _fail(str(error))
         progress.close()
-        key = doc["device"]["key"]
+        doc["config"]["triton_interpreter"] = bool(args.triton_interpreter)
+        # an interpreter run is a smoke test: never under the name of the device's real profile
+        key = doc["device"]["key"] + ("-triton-interpreter" if args.triton_interpreter else "")
         written = [out_dir / f"{key}.json"]
         written[0].write_text(report.json_text(doc))
         if args.csv:

@@ -94,7 +94,9 @@ def _row(op, w: Workload, backend, result, nbytes, copy_gb_s, clock_kind, picked
 def _shape_text(layout: Layout) -> str:
     if len(layout.shapes) == 1:
         return "x".join(map(str, layout.shapes[0]))
-    return f"{layout.name} ({len(layout.shapes)} tensors, {layout.numel / 1e6:,.4g}M params)"
+    n = layout.numel
+    size = f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n:,}"
+    return f"{layout.name} ({len(layout.shapes)} tensors, {size} params)"
 
 
 def add_ratios(rows: list[dict]) -> None:
