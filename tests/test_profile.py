@@ -492,3 +492,55 @@ def test_tune_cpu_threads_for_real(tmp_path, capsys, monkeypatch):
     assert doc["device"]["threads"] == best["threads"]
     tried = [t["settings"]["threads"] for t in doc["tuning"]["cpu"]["trials"]]
     assert sorted(tried) == sorted(set(tune.thread_candidates(device.usable_cpus())) | {threads})
+
+
+# ------------------------------------------------------------------ the triton backend's path, on CPU
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def test_triton_rows_through_the_interpreter(tmp_path):
+    """The GPU backend's rows, run by Triton's interpreter on CPU tensors (a smoke run)."""
+    res = profile("--device", "cpu", "--triton-interpreter", "--backends", "triton", "--layout", "7x64",
+                  "--ops", "decode+sign,unpack_signs", "--quick", "--out", str(tmp_path), "--no-progress",
+                  env={"TRITON_INTERPRET": "1"})
+    if not HAS_TRITON:
+        assert res.returncode == 2 and "triton" in res.stderr
+        return
+    assert res.returncode == 0, res.stderr[-3000:]
+    doc = json.loads(next(tmp_path.glob("*-triton-interpreter.json")).read_text())
+    assert doc["config"]["triton_interpreter"] is True
+    rows = {(r["op"], r["backend"]): r for r in doc["rows"]}
+    assert rows[("decode+sign", "triton")]["status"] == "ok"
+    assert rows[("decode+sign", "eager")]["status"] == "ok"
+    assert rows[("unpack_signs", "triton")]["status"] == "ok"
+
+
+def test_triton_interpreter_flag_needs_the_environment(tmp_path, capsys):
+    if HAS_TRITON and os.environ.get("TRITON_INTERPRET") == "1":  # this process runs the interpreter: the flag is accepted
+        import distro_kernels.triton as dk_triton
+
+        dk_triton.enable_interpreter()
+        assert backends.resolve("triton", torch.device("cpu")) is not None
+        return
+    rc, _, err = run_main(capsys, "--device", "cpu", "--triton-interpreter", "--out", str(tmp_path / "t"))
+    assert rc == 2
+    assert ("TRITON_INTERPRET=1" in err) if HAS_TRITON else ("triton" in err)
+    assert not (tmp_path / "t").exists()
+
+
+def test_triton_tuner_sets_and_restores_the_backend_constants():
+    if not HAS_TRITON:
+        with pytest.raises(ImportError):
+            tune._applier("triton")
+        return
+    from distro_kernels.triton import backend as tb
+
+    start, set_ = tune._applier("triton")
+    assert set(start) == set(tuning.TUNABLES["triton"]) and start["ENCODE_KB"] == tb.ENCODE_KB
+    try:
+        set_({**start, "ENCODE_KB": 32, "ENCODE_WARPS_LARGE": 16})
+        assert tb.ENCODE_KB == 32 and tb.ENCODE_WARPS_LARGE[tuning.vendor()] == 16
+    finally:
+        set_(start)
+    assert tuning.module_settings(tb, start) == start
