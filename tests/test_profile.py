@@ -104,7 +104,10 @@ def test_quick_json_schema_and_versions(quick):
         assert set(ROW_FIELDS) <= set(row)
     ok = [r for r in doc["rows"] if r["status"] == "ok"]
     assert {r["op"] for r in ok} == set(OPS)
-    assert all(r["status"] in ("ok", "unavailable") for r in doc["rows"])
+    assert all(r["status"] == "ok" for r in doc["rows"])  # nothing was asked for that cannot run
+    skipped = {s["backend"]: s for s in doc["skipped"]}  # default: every backend, each run or skipped
+    assert set(skipped) | set(doc["backends"]) == {"reference", "cpu", "triton", "cuda"}
+    assert not any(s["requested"] for s in skipped.values()) and all(s["reason"] for s in skipped.values())
 
 
 def test_quick_rates_agree_with_bytes_over_time(quick):

@@ -67,7 +67,8 @@ def table(docs: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
             if r["status"] != "ok" or r["median_s"] is None:
                 continue
             frac = r["roofline_fraction"]
-            text = seconds_text(r["median_s"]) + (f" ({frac:.0%})" if frac is not None else "")
+            pct = "" if frac is None else f" ({frac:.1%})" if frac < 0.1 else f" ({frac:.0%})"
+            text = seconds_text(r["median_s"]) + pct
             put((r["op"], r["shape"], r["backend"]), col, r["median_s"], text)
             if r["dispatch"]:
                 put((r["op"], r["shape"], "auto"), col, r["median_s"], f"{text} {r['backend']}")

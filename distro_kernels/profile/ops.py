@@ -213,10 +213,8 @@ def make_case(op: str, backend: str, w: Workload) -> Case:
         else:
             def make():
                 return w.payloads(copy())
-            codec = "sign" if c.codec == "sign" else c.codec
-
             def run(s):
-                decompress_many(s[0], s[1], w.shapes, c.chunk, value_codec=codec, sign=sign, backend=backend)
+                decompress_many(s[0], s[1], w.shapes, c.chunk, value_codec=c.codec, sign=sign, backend=backend)
     elif op == "pack_signs":
         def make():
             return w.one_peer()[1]

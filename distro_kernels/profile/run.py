@@ -34,20 +34,21 @@ def select_backends(requested: list[str] | None, device: torch.device) -> tuple[
     """Backends that run on ``device`` (default: all of ours that do), and a ``skipped`` entry
     with the reason for every other one, requested or not (never silently dropped)."""
     names = list(requested) if requested else list(OUR_BACKENDS)
+    asked = set(requested or ())
     for name in names:
         if name not in OUR_BACKENDS and name not in (EAGER, WIRE):
             raise ValueError(f"unknown backend {name!r}: choose from {', '.join(OUR_BACKENDS)}")
     run, skipped = [], []
     for name in OUR_BACKENDS:
-        wanted = name in names
+        wanted, requested_here = name in names, name in asked
         try:
             _backends.resolve(name, device)
         except RuntimeError:
             why = _backends.unavailable.get(name) or "no module registered for it in this install"
-            skipped.append({"backend": name, "requested": wanted, "reason": f"not available: {why}"})
+            skipped.append({"backend": name, "requested": requested_here, "reason": f"not available: {why}"})
             continue
         except ValueError as error:
-            skipped.append({"backend": name, "requested": wanted, "reason": str(error)})
+            skipped.append({"backend": name, "requested": requested_here, "reason": str(error)})
             continue
         if wanted:
             run.append(name)
