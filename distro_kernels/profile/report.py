@@ -136,7 +136,9 @@ def plot(doc: dict, path: Path) -> Path:
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         xs = [g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [value.get((op, shape, name), 0.0) for op, shape in groups], width, label=name)
+        present = [(x, value[(op, shape, name)]) for x, (op, shape) in zip(xs, groups)
+                   if value.get((op, shape, name), 0) > 0]  # no bar where a backend has no row
+        ax.bar([x for x, _ in present], [v for _, v in present], width, label=name)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{op}\n{shape}" for op, shape in groups], fontsize=7)
     ax.set_ylabel("% of copy bandwidth (roofline)")

@@ -19,9 +19,11 @@ GPU_FLUSH_FLOOR = 512 << 20  # past AMD's 256 MiB Infinity Cache as well as any 
 
 
 def policy_for(device: torch.device, quick: bool) -> RunPolicy:
+    # short ops get many runs (cheap, and a median of many resists preemption); long ones stop
+    # at the time budget once they have the minimum
     if device.type == "cuda":
-        return RunPolicy(3, 20, 0.5) if quick else RunPolicy(5, 50, 2.0)
-    return RunPolicy(2, 5, 1.5) if quick else RunPolicy(3, 9, 15.0)
+        return RunPolicy(3, 30, 0.5) if quick else RunPolicy(5, 100, 2.0)
+    return RunPolicy(2, 15, 1.0) if quick else RunPolicy(3, 50, 10.0)
 
 
 def copy_bytes(device: torch.device, cache_bytes: int, quick: bool) -> int:
