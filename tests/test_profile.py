@@ -547,3 +547,16 @@ def test_triton_tuner_sets_and_restores_the_backend_constants():
     finally:
         set_(start)
     assert tuning.module_settings(tb, start) == start
+
+
+def test_apply_once_sets_a_backend_module_once_per_device(tmp_path, monkeypatch):
+    monkeypatch.setenv(tuning.ENV, str(tmp_path))
+    cpu = torch.device("cpu")
+    key = device.describe(cpu)["key"]
+    fake = types.SimpleNamespace(ENCODE_KB=16, ROWS_TILE=2048)
+    tuning.store(key, "triton", {"ENCODE_KB": 8})
+    tuning.apply_once("triton", fake, cpu)
+    assert fake.ENCODE_KB == 8 and fake.ROWS_TILE == 2048
+    tuning.store(key, "triton", {"ENCODE_KB": 32})
+    tuning.apply_once("triton", fake, cpu)  # already applied in this process: no file read
+    assert fake.ENCODE_KB == 8

@@ -134,7 +134,8 @@ def profile_device(device: torch.device, layouts: list[Layout], config: Config, 
                                   policy, rotate, progress)
     settings = tuning.apply_all(device, info["key"], run_backends) if (use_tuning or tune) else {}
     info["threads"] = torch.get_num_threads() if device.type == "cpu" else None
-    copy = roofline.copy_bandwidth(device, clock, copy_bytes(device, info["cache_bytes"], quick), policy)
+    copy = roofline.copy_bandwidth(device, clock, copy_bytes(device, info["cache_bytes"], quick),
+                                   RunPolicy(3, 10, 3.0))  # a plain copy is steady: a few runs do
     picked = dispatch_pick(device)
     rows = []
     for layout in layouts:
