@@ -560,3 +560,15 @@ def test_apply_once_sets_a_backend_module_once_per_device(tmp_path, monkeypatch)
     tuning.store(key, "triton", {"ENCODE_KB": 32})
     tuning.apply_once("triton", fake, cpu)  # already applied in this process: no file read
     assert fake.ENCODE_KB == 8
+
+
+def test_sign_codec_rows_run_and_use_the_codec_floor(tmp_path, capsys):
+    rc, _, err = run_main(capsys, "--device", "cpu", "--layout", "29x48", "--ops", "decode,payload_parse",
+                          "--codec", "sign", "--peers", "3", "--k", "5", "--quick", "--out", str(tmp_path),
+                          "--no-progress")
+    assert rc == 0, err
+    doc = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert doc["config"]["codec"] == "sign" and all(r["status"] == "ok" for r in doc["rows"])
+    kept = 5  # 29x48 is one chunk (29 and 48 are <= 64), k_eff = 5
+    decode = [r for r in doc["rows"] if r["op"] == "decode"][0]
+    assert decode["bytes"] == 29 * 48 * 4 + math.ceil(3 * kept * (4 + 1 / 8))

@@ -42,17 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout-json", action="append", metavar="FILE",
                    help="a layout from a JSON list of shapes, or {\"name\": ..., \"shapes\": [...]}")
     p.add_argument("--ops", help="comma-separated subset of " + ", ".join(OPS))
-    p.add_argument("--k", type=int, default=32, help="coefficients kept per chunk")
-    p.add_argument("--chunk", type=int, default=64, help="chunk target size")
-    p.add_argument("--peers", type=int, default=8, help="peers in the decode")
+    p.add_argument("--k", type=int, default=32, help="coefficients kept per chunk (default: %(default)s)")
+    p.add_argument("--chunk", type=int, default=64, help="chunk target size (default: %(default)s)")
+    p.add_argument("--peers", type=int, default=8, help="peers in the decode (default: %(default)s)")
     p.add_argument("--codec", choices=("f32", "bf16", "f16", "sign"), default="f32",
-                   help="value codec of the decoded payloads and the wire rows")
+                   help="value codec of the decoded payloads and the wire rows (default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--quick", action="store_true", help="smaller default layout, fewer runs")
     p.add_argument("--tune", action="store_true", help="search tunable settings (CPU threads, Triton "
                    "warps and tiles) first, store the best per device key in the tuning cache")
     p.add_argument("--no-tuned", action="store_true", help="ignore the tuning cache")
-    p.add_argument("--out", default="profiles", help="folder for the files (one per device key)")
+    p.add_argument("--out", default="profiles", help="folder for the files, one set per device key (default: %(default)s)")
     p.add_argument("--csv", action="store_true", help="also write DEVICE_KEY.csv")
     p.add_argument("--markdown", action="store_true", help="also write DEVICE_KEY.md "
                    "(with compare: print markdown)")
