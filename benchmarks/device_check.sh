@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# GPU check of the Triton backend: environment, build, GPU tests, compile gate, timings.
+# GPU check of the Triton backend: environment, build, GPU tests, compile gate, profile.
 #
 #   benchmarks/device_check.sh            on a GPU machine (NVIDIA or ROCm)
 #   benchmarks/device_check.sh --tiny     anywhere: Triton's interpreter on CPU, tiny shapes
-#   options: --quick (4096x4096 only in the timings), --no-gate, --no-tests
+#   options: --quick (4096x4096 only in the profile), --tune (search the Triton settings first
+#            and keep the best in the tuning cache), --no-gate, --no-tests
 #
-# Results go to stdout and, as JSON/text, to $OUT (the device tool's output folder) or to
+# The timings are `python -m distro_kernels profile --device cuda ...`: one JSON (plus CSV and
+# markdown) per device key under $OUTDIR/profiles, to commit under benchmarks/profiles/.
+# Results go to stdout and to $OUT (the device tool's output folder) or to
 # ${TMPDIR:-/tmp}/distro_device_check. Exit status 0 only if every step passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-TINY=0; QUICK=""; GATE=1; TESTS=1
+TINY=0; QUICK=""; TUNE=""; GATE=1; TESTS=1
 for arg in "$@"; do
   case "$arg" in
     --tiny) TINY=1 ;;
     --quick) QUICK="--quick" ;;
+    --tune) TUNE="--tune" ;;
     --no-gate) GATE=0 ;;
     --no-tests) TESTS=0 ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
@@ -84,11 +88,21 @@ if [[ $GATE == 1 ]]; then
   (unset TRITON_INTERPRET; $PY -m distro_kernels.triton.gate) 2>&1 | tee "$OUTDIR/gate.txt" || status=1
 fi
 
-echo "== timings"
+echo "== profile (every GPU backend and the eager DeMo-style baseline, same run, same device)"
 if [[ $TINY == 1 ]]; then
-  $PY benchmarks/device_bench.py --tiny --json "$OUTDIR/bench_tiny.json" 2>&1 | tee "$OUTDIR/bench.txt" || status=1
+  $PY -m distro_kernels profile --device cpu --triton-interpreter --backends triton,reference \
+    --layout tiny --quick --no-progress --out "$OUTDIR/profiles" 2>&1 | tee "$OUTDIR/profile.txt" || status=1
 else
-  $PY benchmarks/device_bench.py $QUICK --json "$OUTDIR/bench.json" 2>&1 | tee "$OUTDIR/bench.txt" || status=1
+  export DISTRO_KERNELS_CACHE="$OUTDIR/cache"  # --tune's results come back with the profile
+  $PY -m distro_kernels profile --device cuda $QUICK $TUNE --csv --markdown --no-progress \
+    --out "$OUTDIR/profiles" 2>&1 | tee "$OUTDIR/profile.txt" || status=1
+  if [[ -z "$($PY -c 'import torch; print(torch.version.hip or "")')" ]]; then
+    echo "== encoder on tensor cores (DISTRO_TRITON_DOT_PRECISION=tf32x3): timings"
+    DISTRO_TRITON_DOT_PRECISION=tf32x3 $PY -m distro_kernels profile --device cuda --quick \
+      --backends triton --ops encode,compress --no-progress --out "$OUTDIR/profiles-tf32x3" 2>&1 \
+      | tee "$OUTDIR/profile-tf32x3.txt" || status=1
+  fi
+  $PY benchmarks/device_bench.py --accuracy 2>&1 | tee "$OUTDIR/accuracy.txt" || status=1
 fi
 
 echo "== done (status $status)"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m distro_kernels demo`` (console script ``distro-kernels``)."""
+"""Command line: ``python -m distro_kernels demo|info|profile`` (console script ``distro-kernels``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=demo_cli.main)
     info = sub.add_parser("info", help="version, backends, CPU features")
     info.set_defaults(func=_info)
+    from .profile import cli as profile_cli
+
+    profile = sub.add_parser(
+        "profile", help="time every op and backend per device, vs the roofline and the eager path",
+        description=profile_cli.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    profile_cli.add_arguments(profile)
+    profile.set_defaults(func=profile_cli.main)
     return parser
 
 
