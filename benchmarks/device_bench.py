@@ -28,7 +28,7 @@ def accuracy() -> int:
     from distro_kernels import reference
     from distro_kernels.basis import canonical_basis_np
     from distro_kernels.chunking import chunk_plan
-    from distro_kernels.triton import backend as tb
+    from distro_kernels.triton import impl as tb
 
     if not torch.cuda.is_available():
         sys.exit("--accuracy needs a GPU")

@@ -84,6 +84,11 @@ def _canonical(backend: str) -> tuple[str, str | None]:
     return backend, None
 
 
+def why_unavailable(name: str, device_type: str) -> str:
+    """Why implementation ``name`` does not run on ``device_type`` (for reports)."""
+    return _why_not(name, device_type)
+
+
 def _why_not(name: str, device_type: str) -> str:
     return unavailable.get(f"{name}:{device_type}") or unavailable.get(name) or "not registered"
 

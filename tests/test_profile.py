@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distro_kernels import backends
+from distro_kernels import dispatch
 from distro_kernels.profile import SCHEMA, compare, device, layouts, timing, tune, tuning
 from distro_kernels.profile.ops import OPS, Config, Workload
 from distro_kernels.profile.run import select_backends
@@ -99,14 +99,14 @@ def test_quick_json_schema_and_versions(quick):
     assert doc["copy_bandwidth"]["gb_s"] > 0 and doc["copy_bandwidth"]["runs"] >= 2
     assert doc["config"] == {**doc["config"], "k": 32, "chunk": 64, "peers": 8, "codec": "f32", "quick": True}
     assert [l["name"] for l in doc["config"]["layouts"]] == ["512x1024"]
-    assert doc["dispatch"] == ("cpu" if "cpu" in backends.available() else "reference")
+    assert doc["dispatch"] == ("native" if "cpu" in dispatch.device_types("native") else "reference")
     for row in doc["rows"]:
         assert set(ROW_FIELDS) <= set(row)
     ok = [r for r in doc["rows"] if r["status"] == "ok"]
     assert {r["op"] for r in ok} == set(OPS)
     assert all(r["status"] == "ok" for r in doc["rows"])  # nothing was asked for that cannot run
     skipped = {s["backend"]: s for s in doc["skipped"]}  # default: every backend, each run or skipped
-    assert set(skipped) | set(doc["backends"]) == {"reference", "cpu", "triton", "cuda"}
+    assert set(skipped) | set(doc["backends"]) == {"reference", "native", "triton"}
     assert not any(s["requested"] for s in skipped.values()) and all(s["reason"] for s in skipped.values())
 
 
@@ -205,30 +205,30 @@ def test_compare_rejects_what_is_not_a_profile(tmp_path, capsys):
 
 def test_unavailable_backends_are_reported_not_dropped(tmp_path, capsys):
     rc, out, err = run_main(capsys, "--device", "cpu", "--layout", "tiny", "--ops", "encode,payload_parse",
-                            "--quick", "--backends", "reference,cuda,triton", "--out", str(tmp_path),
+                            "--quick", "--backends", "reference,triton", "--out", str(tmp_path),
                             "--no-progress")
     assert rc == 0, err
     doc = json.loads(next(tmp_path.glob("*.json")).read_text())
     skipped = {s["backend"]: s for s in doc["skipped"]}
-    assert skipped["cuda"]["requested"] and skipped["triton"]["requested"]
-    assert "not available" in skipped["cuda"]["reason"]
-    assert "cpu" in skipped and not skipped["cpu"]["requested"]
+    assert skipped["triton"]["requested"]
+    assert "does not run on cpu tensors" in skipped["triton"]["reason"]
+    assert "native" in skipped and not skipped["native"]["requested"]
     rows = {(r["op"], r["backend"]): r for r in doc["rows"]}
-    assert rows[("encode", "cuda")]["status"] == "unavailable"
-    assert rows[("encode", "cuda")]["reason"] == skipped["cuda"]["reason"]
-    assert rows[("encode", "reference")]["status"] == "ok" and ("encode", "cpu") not in rows
-    assert "not profiled: cuda (requested)" in out
+    assert rows[("encode", "triton")]["status"] == "unavailable"
+    assert rows[("encode", "triton")]["reason"] == skipped["triton"]["reason"]
+    assert rows[("encode", "reference")]["status"] == "ok" and ("encode", "native") not in rows
     assert "not profiled: triton (requested)" in out
 
 
 def test_unavailable_reason_comes_from_the_registry(monkeypatch):
-    monkeypatch.setitem(backends.unavailable, "cuda", "CUDA extension not built (test)")
-    run, skipped = select_backends(["cuda", "reference"], torch.device("cpu"))
+    monkeypatch.setitem(dispatch._modules, "triton", {})  # as if Triton never registered
+    monkeypatch.setitem(dispatch.unavailable, "triton", "triton not importable (test)")
+    run, skipped = select_backends(["triton", "reference"], torch.device("cpu"))
     assert run == ["reference"]
-    entry = [s for s in skipped if s["backend"] == "cuda"][0]
-    assert entry["requested"] and entry["reason"] == "not available: CUDA extension not built (test)"
+    entry = [s for s in skipped if s["backend"] == "triton"][0]
+    assert entry["requested"] and entry["reason"] == "not available: triton not importable (test)"
     with pytest.raises(ValueError, match="unknown backend"):
-        select_backends(["cpu", "nonsense"], torch.device("cpu"))
+        select_backends(["native", "nonsense"], torch.device("cpu"))
 
 
 def test_usage_errors_exit_2_before_timing(tmp_path, capsys):
@@ -427,23 +427,23 @@ def test_timing_stats():
 def test_tuning_cache_round_trip_and_validation(tmp_path, monkeypatch):
     monkeypatch.setenv(tuning.ENV, str(tmp_path))
     assert tuning.cache_path() == tmp_path / "tuning.json"
-    assert tuning.settings("cpu", "k") == {}
-    tuning.store("k", "cpu", {"threads": 2}, {"seconds": 1.0})
+    assert tuning.settings("native", "k") == {}
+    tuning.store("k", "native", {"threads": 2}, {"seconds": 1.0})
     tuning.store("k", "triton", {"ENCODE_KB": 32})
-    tuning.store("other", "cpu", {"threads": 1})
-    assert tuning.settings("cpu", "k") == {"threads": 2}
+    tuning.store("other", "native", {"threads": 1})
+    assert tuning.settings("native", "k") == {"threads": 2}
     assert tuning.settings("triton", "k") == {"ENCODE_KB": 32}
     with pytest.raises(ValueError):
         tuning.store("k", "triton", {"ENCODE_KB": 5})
     with pytest.raises(ValueError):
-        tuning.store("k", "cpu", {"rm -rf": 1})
+        tuning.store("k", "native", {"rm -rf": 1})
     doc = json.loads((tmp_path / "tuning.json").read_text())
     doc["devices"]["k"]["triton"]["settings"].update(ENCODE_KB=7, __class__=1, WARPS_SMALL=True)
     (tmp_path / "tuning.json").write_text(json.dumps(doc))
     assert tuning.settings("triton", "k") == {}  # only valid, known settings are read back
     (tmp_path / "tuning.json").write_text("{broken")
     with pytest.warns(UserWarning, match="unreadable"):
-        assert tuning.settings("cpu", "k") == {}
+        assert tuning.settings("native", "k") == {}
 
 
 def test_tuning_applies_to_modules_and_threads(tmp_path, monkeypatch):
@@ -455,8 +455,8 @@ def test_tuning_applies_to_modules_and_threads(tmp_path, monkeypatch):
     assert fake.WARPS_SMALL == 4 and len(fake.ENCODE_WARPS_LARGE) == 2
     threads = torch.get_num_threads()
     try:
-        tuning.store("cpu-key", "cpu", {"threads": 1})
-        assert tuning.apply("cpu", "cpu-key") == {"threads": 1} and torch.get_num_threads() == 1
+        tuning.store("cpu-key", "native", {"threads": 1})
+        assert tuning.apply("native", "cpu-key") == {"threads": 1} and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
 
@@ -480,20 +480,20 @@ def test_tune_cpu_threads_for_real(tmp_path, capsys, monkeypatch):
     threads = torch.get_num_threads()
     try:
         rc, out, err = run_main(capsys, "--device", "cpu", "--layout", "tiny", "--ops", "encode", "--backends",
-                                "cpu", "--quick", "--tune", "--out", str(tmp_path), "--no-progress")
+                                "native", "--quick", "--tune", "--out", str(tmp_path), "--no-progress")
     finally:
         torch.set_num_threads(threads)
-    if "cpu" not in backends.available():
+    if "cpu" not in dispatch.device_types("native"):
         assert rc == 0 and "not available" in out
         return
     assert rc == 0, err
     doc = json.loads(next(tmp_path.glob("*.json")).read_text())
     cache = json.loads((tmp_path / "c" / "tuning.json").read_text())
-    best = cache["devices"][doc["device"]["key"]]["cpu"]["settings"]
+    best = cache["devices"][doc["device"]["key"]]["native"]["settings"]
     assert best["threads"] in tune.thread_candidates(device.usable_cpus())
-    assert doc["tuning"]["cpu"]["best"] == best and doc["settings"]["cpu"] == best
+    assert doc["tuning"]["native"]["best"] == best and doc["settings"]["native"] == best
     assert doc["device"]["threads"] == best["threads"]
-    tried = [t["settings"]["threads"] for t in doc["tuning"]["cpu"]["trials"]]
+    tried = [t["settings"]["threads"] for t in doc["tuning"]["native"]["trials"]]
     assert sorted(tried) == sorted(set(tune.thread_candidates(device.usable_cpus())) | {threads})
 
 
@@ -524,7 +524,7 @@ def test_triton_interpreter_flag_needs_the_environment(tmp_path, capsys):
         import distro_kernels.triton as dk_triton
 
         dk_triton.enable_interpreter()
-        assert backends.resolve("triton", torch.device("cpu")) is not None
+        assert dispatch.resolve("triton", torch.device("cpu")) is not None
         return
     rc, _, err = run_main(capsys, "--device", "cpu", "--triton-interpreter", "--out", str(tmp_path / "t"))
     assert rc == 2
@@ -537,7 +537,7 @@ def test_triton_tuner_sets_and_restores_the_backend_constants():
         with pytest.raises(ImportError):
             tune._applier("triton")
         return
-    from distro_kernels.triton import backend as tb
+    from distro_kernels.triton import impl as tb
 
     start, set_ = tune._applier("triton")
     assert set(start) == set(tuning.TUNABLES["triton"]) and start["ENCODE_KB"] == tb.ENCODE_KB

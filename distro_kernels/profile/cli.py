@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .. import backends as _backends
+from .. import dispatch as _dispatch
 from .ops import OPS, Config
 
 DESCRIPTION = """\
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", action="append",
                    help="cpu, cuda or cuda:N; repeat or comma-separate (default: every device present)")
     p.add_argument("--backends", help="comma-separated, from " + ", ".join(
-        b for b in _backends.BACKEND_NAMES if b != "auto") + " (default: every one that runs on the "
+        _dispatch.IMPLEMENTATIONS) + " (cpu and cuda mean native; default: every one that runs on the "
         "device); the eager baseline always runs; a requested backend that cannot run is reported")
     p.add_argument("--layout", action="append", help="named layouts (llama-1b = TinyLlama-1.1B, "
                    "llama-1b-block, tiny) or shapes like 4096x4096; comma-separate or repeat "
@@ -130,7 +130,7 @@ def main(args) -> int:
         if bad := [o for o in ops if o not in OPS]:
             raise ValueError(f"unknown ops {bad}: choose from {', '.join(OPS)}")
         requested = [b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None
-        known = [b for b in _backends.BACKEND_NAMES if b != "auto"] + ["eager"]
+        known = [*_dispatch.IMPLEMENTATIONS, *_dispatch.DEVICE_ALIASES, "eager"]
         if bad := [b for b in requested or [] if b not in known]:
             raise ValueError(f"unknown backend {bad[0]!r}: choose from {', '.join(known)}")
         if args.threads is not None:

@@ -8,13 +8,13 @@ import sys
 
 import torch
 
-from .. import backends as _backends
+from .. import dispatch
 from . import SCHEMA, device as _device, roofline, tuning
 from .layouts import Layout
 from .ops import EAGER, HOST_OPS, NO_EAGER, OPS, WIRE, Config, Workload, backends_for, make_case
 from .timing import CudaClock, HostClock, RunPolicy, Timing, measure_interleaved
 
-OUR_BACKENDS = tuple(b for b in _backends.BACKEND_NAMES if b != "auto")
+OUR_BACKENDS = dispatch.IMPLEMENTATIONS  # reference, native, triton
 GPU_FLUSH_FLOOR = 512 << 20  # past AMD's 256 MiB Infinity Cache as well as any L2
 
 
@@ -35,8 +35,8 @@ def copy_bytes(device: torch.device, cache_bytes: int, quick: bool) -> int:
 def select_backends(requested: list[str] | None, device: torch.device) -> tuple[list[str], list[dict]]:
     """Backends that run on ``device`` (default: all of ours that do), and a ``skipped`` entry
     with the reason for every other one, requested or not (never silently dropped)."""
-    names = list(requested) if requested else list(OUR_BACKENDS)
-    asked = set(requested or ())
+    names = [_canonical(n) for n in requested] if requested else list(OUR_BACKENDS)
+    asked = {_canonical(n) for n in requested or ()}
     for name in names:
         if name not in OUR_BACKENDS and name not in (EAGER, WIRE):
             raise ValueError(f"unknown backend {name!r}: choose from {', '.join(OUR_BACKENDS)}")
@@ -44,9 +44,9 @@ def select_backends(requested: list[str] | None, device: torch.device) -> tuple[
     for name in OUR_BACKENDS:
         wanted, requested_here = name in names, name in asked
         try:
-            _backends.resolve(name, device)
+            dispatch.resolve(name, device)
         except RuntimeError:
-            why = _backends.unavailable.get(name) or "no module registered for it in this install"
+            why = dispatch.why_unavailable(name, device.type)
             skipped.append({"backend": name, "requested": requested_here, "reason": f"not available: {why}"})
             continue
         except ValueError as error:
@@ -59,16 +59,14 @@ def select_backends(requested: list[str] | None, device: torch.device) -> tuple[
     return run, skipped
 
 
+def _canonical(name: str) -> str:
+    """``cpu``/``cuda`` are the device-named spellings of ``native``."""
+    return "native" if name in dispatch.DEVICE_ALIASES else name
+
+
 def dispatch_pick(device: torch.device) -> str | None:
-    """The backend ``backend="auto"`` resolves to on ``device``."""
-    module = _backends.resolve("auto", device)
-    for name in OUR_BACKENDS:
-        try:
-            if _backends.resolve(name, device) is module:
-                return name
-        except (RuntimeError, ValueError):
-            continue
-    return None
+    """The implementation the dispatcher runs on ``device`` when no override is given."""
+    return dispatch.preferred(device.type)[0]
 
 
 def make_clock(device: torch.device, info: dict):

@@ -33,7 +33,7 @@ def thread_candidates(cpus: int) -> list[int]:
 
 
 def space(backend: str) -> dict[str, list[int]]:
-    if backend == "cpu":
+    if backend == "native":
         return {"threads": thread_candidates(usable_cpus())}
     if backend == "triton":
         values = {k: list(v) for k, v in tuning.TUNABLES["triton"].items()}
@@ -76,9 +76,9 @@ def coordinate_search(space_: dict[str, list], start: dict, measure: Callable[[d
 
 def _applier(backend: str):
     """``(current settings, set(settings))`` for a backend with tunables."""
-    if backend == "cpu":
+    if backend == "native":
         return {"threads": torch.get_num_threads()}, lambda s: torch.set_num_threads(s["threads"])
-    from ..triton import backend as tb
+    from ..triton import impl as tb
 
     names = list(tuning.TUNABLES["triton"])
     return tuning.module_settings(tb, names), lambda s: tuning.set_module_settings(tb, s)
@@ -90,7 +90,7 @@ def tune_device(device: torch.device, device_key: str, layout, config: Config, b
     results = {}
     work = Workload(layout, config, device)
     for backend in backends:
-        if backend not in tuning.TUNABLES or (backend == "cpu" and device.type != "cpu"):
+        if backend not in tuning.TUNABLES or (backend == "native" and device.type != "cpu"):
             continue
         start, set_ = _applier(backend)
         decode = make_case("decode+sign", backend, work)

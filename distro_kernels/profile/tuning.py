@@ -33,7 +33,7 @@ def _pow2(lo: int, hi: int) -> tuple[int, ...]:
 
 # backend -> setting -> allowed values (None: checked by a function below)
 TUNABLES: dict[str, dict[str, tuple[int, ...] | None]] = {
-    "cpu": {"threads": None},
+    "native": {"threads": None},  # the native CPU kernels' thread count (CPU devices only)
     "triton": {
         "ENCODE_KB": (8, 16, 32),
         "ENCODE_WARPS_LARGE": (2, 4, 8, 16),
@@ -143,16 +143,16 @@ def module_settings(module, names) -> dict:
 
 def apply(backend: str, device_key: str, module=None, path: Path | None = None) -> dict:
     """Applies the cached settings of ``backend`` for ``device_key``; returns what it set.
-    ``cpu``: ``torch.set_num_threads``; ``triton``: the constants of its backend module."""
+    ``native`` (CPU): ``torch.set_num_threads``; ``triton``: the constants of its backend module."""
     found = settings(backend, device_key, path)
     if not found:
         return {}
-    if backend == "cpu":
+    if backend == "native":
         torch.set_num_threads(found["threads"])
         return found
     if backend == "triton":
         if module is None:
-            from ..triton import backend as module
+            from ..triton import impl as module
         set_module_settings(module, found)
         return found
     return {}
@@ -177,7 +177,7 @@ def apply_all(device: torch.device, device_key: str, backends: list[str]) -> dic
     """What the profiler runs with: every cached setting for the backends it profiles."""
     out = {}
     for backend in backends:
-        if backend in TUNABLES and (backend != "cpu" or device.type == "cpu"):
+        if backend in TUNABLES and (backend != "native" or device.type == "cpu"):
             applied = apply(backend, device_key)
             if applied:
                 out[backend] = applied

@@ -8,6 +8,7 @@ with a dim above ``TILE_MAX`` (only when ``chunk > 64``) fall back to the refere
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -15,6 +16,7 @@ from .. import reference
 from ..basis import cached_basis
 from ..chunking import ChunkPlan, crop_to_shape
 from ..validation import check_sparse_content
+from ..profile import tuning as _tuning
 from ._loader import interpreted, kernels
 
 TILE_MAX = 64  # largest chunk dim with a Triton kernel (register/shared-memory budget)
@@ -47,6 +49,8 @@ def _interpreted(t: torch.Tensor) -> bool:
 
 def _kernels(t: torch.Tensor):
     _interpreted(t)
+    # a device tuned by `distro-kernels profile --tune` runs its own best block settings
+    _tuning.apply_once("triton", sys.modules[__name__], t.device)
     return kernels()
 
 
