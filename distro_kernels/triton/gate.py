@@ -313,13 +313,21 @@ _DROPPED_ENV = ("TRITON_", "MLIR_", "LLVM_")  # Triton reads these; DISABLE_LLVM
 _DROPPED_NAMES = ("DISABLE_LLVM_OPT", "USE_IR_LOC")
 
 
+def _site_dirs() -> set[str]:
+    import site
+
+    dirs = site.getsitepackages() + [site.getusersitepackages()]
+    return {str(Path(d).resolve()) for d in dirs}
+
+
 def clean_env(home: str) -> dict:
     """The workers' environment: this one without anything Triton reads, plus a private
     Triton home and cache under ``home`` and ``TRITON_ALWAYS_COMPILE=1``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_DROPPED_ENV) and k not in _DROPPED_NAMES}
     package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    if package_root not in _site_dirs():  # a source checkout: let the workers import it too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env.update(TRITON_HOME=home, TRITON_CACHE_DIR=os.path.join(home, "cache"),
                TRITON_ALWAYS_COMPILE="1")
     return env
