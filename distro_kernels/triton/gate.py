@@ -408,7 +408,8 @@ def run(targets=None, names=None, workers: int = 2, *, variants_=None,
     with tempfile.TemporaryDirectory(prefix="distro-gate-") as tmp:
         env = clean_env(os.path.join(tmp, "triton"))
         procs = []
-        for w in range(max(1, min(workers, len(jobs)))):
+        workers = max(1, min(workers, len(jobs)))
+        for w in range(workers):
             mine = list(range(w, len(jobs), workers))
             spec = [{"i": i, "variant": asdict(jobs[i][0]), "target": jobs[i][1]} for i in mine]
             jobs_path, out, log = (Path(tmp, f"w{w}.{ext}") for ext in ("jobs.json", "jsonl", "log"))
