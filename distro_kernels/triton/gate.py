@@ -409,25 +409,32 @@ def run(targets=None, names=None, workers: int = 2, *, variants_=None,
         env = clean_env(os.path.join(tmp, "triton"))
         procs = []
         workers = max(1, min(workers, len(jobs)))
-        for w in range(workers):
-            mine = list(range(w, len(jobs), workers))
-            spec = [{"i": i, "variant": asdict(jobs[i][0]), "target": jobs[i][1]} for i in mine]
-            jobs_path, out, log = (Path(tmp, f"w{w}.{ext}") for ext in ("jobs.json", "jsonl", "log"))
-            jobs_path.write_text(json.dumps(spec))
-            out.touch()
-            with open(log, "wb") as log_f:  # Triton prints failing PTX to stdout: keep it apart
-                popen = subprocess.Popen(
-                    [sys.executable, "-m", "distro_kernels.triton.gate", "--worker",
-                     str(jobs_path), str(out)],
-                    env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log_f,
-                    stderr=subprocess.STDOUT)
-            procs.append(_Proc(popen, mine, out, log))
-        deadline = time.monotonic() + timeout_s
-        _supervise(procs, deadline, job_timeout_s, timeout_s)
+        try:
+            for w in range(workers):
+                procs.append(_start_worker(w, list(range(w, len(jobs), workers)), jobs, tmp, env))
+            _supervise(procs, time.monotonic() + timeout_s, job_timeout_s, timeout_s)
+        finally:  # an interrupted run (Ctrl-C) leaves no worker behind
+            for p in procs:
+                if p.popen.poll() is None:
+                    p.popen.kill()
+                    p.popen.wait()
         for p in procs:
             for i in p.jobs:
                 rows[i] = p.rows.get(i) or _lost_row(p, i, jobs)
     return rows
+
+
+def _start_worker(w: int, mine: list[int], jobs, tmp: str, env: dict) -> _Proc:
+    spec = [{"i": i, "variant": asdict(jobs[i][0]), "target": jobs[i][1]} for i in mine]
+    jobs_path, out, log = (Path(tmp, f"w{w}.{ext}") for ext in ("jobs.json", "jsonl", "log"))
+    jobs_path.write_text(json.dumps(spec))
+    out.touch()
+    with open(log, "wb") as log_f:  # Triton prints failing PTX to stdout: keep it apart
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "distro_kernels.triton.gate", "--worker", str(jobs_path),
+             str(out)],
+            env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT)
+    return _Proc(popen, mine, out, log)
 
 
 def _supervise(procs, deadline, job_timeout_s, timeout_s) -> None:
