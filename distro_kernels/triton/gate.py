@@ -313,13 +313,21 @@ _DROPPED_ENV = ("TRITON_", "MLIR_", "LLVM_")  # Triton reads these; DISABLE_LLVM
 _DROPPED_NAMES = ("DISABLE_LLVM_OPT", "USE_IR_LOC")
 
 
+def _site_dirs() -> set[str]:
+    import site
+
+    dirs = site.getsitepackages() + [site.getusersitepackages()]
+    return {str(Path(d).resolve()) for d in dirs}
+
+
 def clean_env(home: str) -> dict:
     """The workers' environment: this one without anything Triton reads, plus a private
     Triton home and cache under ``home`` and ``TRITON_ALWAYS_COMPILE=1``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(_DROPPED_ENV) and k not in _DROPPED_NAMES}
     package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    if package_root not in _site_dirs():  # a source checkout: let the workers import it too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env.update(TRITON_HOME=home, TRITON_CACHE_DIR=os.path.join(home, "cache"),
                TRITON_ALWAYS_COMPILE="1")
     return env
@@ -400,25 +408,33 @@ def run(targets=None, names=None, workers: int = 2, *, variants_=None,
     with tempfile.TemporaryDirectory(prefix="distro-gate-") as tmp:
         env = clean_env(os.path.join(tmp, "triton"))
         procs = []
-        for w in range(max(1, min(workers, len(jobs)))):
-            mine = list(range(w, len(jobs), workers))
-            spec = [{"i": i, "variant": asdict(jobs[i][0]), "target": jobs[i][1]} for i in mine]
-            jobs_path, out, log = (Path(tmp, f"w{w}.{ext}") for ext in ("jobs.json", "jsonl", "log"))
-            jobs_path.write_text(json.dumps(spec))
-            out.touch()
-            with open(log, "wb") as log_f:  # Triton prints failing PTX to stdout: keep it apart
-                popen = subprocess.Popen(
-                    [sys.executable, "-m", "distro_kernels.triton.gate", "--worker",
-                     str(jobs_path), str(out)],
-                    env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log_f,
-                    stderr=subprocess.STDOUT)
-            procs.append(_Proc(popen, mine, out, log))
-        deadline = time.monotonic() + timeout_s
-        _supervise(procs, deadline, job_timeout_s, timeout_s)
+        workers = max(1, min(workers, len(jobs)))
+        try:
+            for w in range(workers):
+                procs.append(_start_worker(w, list(range(w, len(jobs), workers)), jobs, tmp, env))
+            _supervise(procs, time.monotonic() + timeout_s, job_timeout_s, timeout_s)
+        finally:  # an interrupted run (Ctrl-C) leaves no worker behind
+            for p in procs:
+                if p.popen.poll() is None:
+                    p.popen.kill()
+                    p.popen.wait()
         for p in procs:
             for i in p.jobs:
                 rows[i] = p.rows.get(i) or _lost_row(p, i, jobs)
     return rows
+
+
+def _start_worker(w: int, mine: list[int], jobs, tmp: str, env: dict) -> _Proc:
+    spec = [{"i": i, "variant": asdict(jobs[i][0]), "target": jobs[i][1]} for i in mine]
+    jobs_path, out, log = (Path(tmp, f"w{w}.{ext}") for ext in ("jobs.json", "jsonl", "log"))
+    jobs_path.write_text(json.dumps(spec))
+    out.touch()
+    with open(log, "wb") as log_f:  # Triton prints failing PTX to stdout: keep it apart
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "distro_kernels.triton.gate", "--worker", str(jobs_path),
+             str(out)],
+            env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT)
+    return _Proc(popen, mine, out, log)
 
 
 def _supervise(procs, deadline, job_timeout_s, timeout_s) -> None:
