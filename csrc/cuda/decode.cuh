@@ -33,7 +33,7 @@ DK_DEVICE void dk_canonical_inverse(dk_decode_shared& sh, const dk_tile& tile, c
   const float* cm_basis = reinterpret_cast<const float*>(row[DK_F_CM_BASIS]);
   const float* cn_basis = reinterpret_cast<const float*>(row[DK_F_CN_BASIS]);
   for (int el = tid; el < count; el += DK_THREADS) {  // T[u][j] = fold_v A[u][v] * C_n[v][j]
-    const int j = el % cn, a_row = el / cn;
+    const int a_row = static_cast<int>(dk_quot(el, tile.by_cn)), j = el - a_row * cn;
     float acc = 0.0f;
     if (sh.nonzero[a_row]) {
       const float* a = sh.a + (el - j);
@@ -45,25 +45,26 @@ DK_DEVICE void dk_canonical_inverse(dk_decode_shared& sh, const dk_tile& tile, c
   __syncthreads();
   float* out = reinterpret_cast<float*>(row[DK_F_OUT]);
   for (int el = tid; el < count; el += DK_THREADS) {  // y[i][j] = fold_u C_m[u][i] * T[u][j]
-    const int g = el / E, w = el - g * E, i = w / cn, j = w - i * cn;
-    const float* t_col = sh.t + g * E + j;
-    const unsigned char* rows = sh.nonzero + g * cm;
+    const dk_place p = dk_locate(tile, el);
+    const float* t_col = sh.t + p.g * E + p.j;
+    const unsigned char* rows = sh.nonzero + p.g * cm;
     float acc = 0.0f;
     for (int u = 0; u < cm; ++u)
-      if (rows[u]) acc = dk_add(acc, dk_mul(cm_basis[u * cm + i], t_col[u * cn]));
+      if (rows[u]) acc = dk_add(acc, dk_mul(cm_basis[u * cm + p.i], t_col[u * cn]));
     if (apply_sign) acc = acc > 0.0f ? 1.0f : (acc < 0.0f ? -1.0f : 0.0f);
-    out[dk_chunk_offset(row, tile.first_chunk + g, i, j)] = acc;
+    out[dk_chunk_offset(tile, tile.first_chunk + p.g, p.i, p.j)] = acc;
   }
 }
 
 // One peer's entries of this tile against SPEC 5's per-chunk rules; returns DK_BAD_* bits.
 DK_DEVICE int dk_check_peer(const int32_t* idx, const float* values, int64_t first, int entries,
-                            int k, int E) {
+                            dk_div by_k, int E) {
   int flags = 0;
   for (int q = static_cast<int>(threadIdx.x); q < entries; q += DK_THREADS) {
     const int32_t at = idx[first + q];
     if (at < 0 || at >= E) flags |= DK_BAD_RANGE;
-    if (q % k != 0 && at <= idx[first + q - 1]) flags |= DK_BAD_ORDER;
+    const bool starts_chunk = dk_quot(q, by_k) * by_k.d == static_cast<uint32_t>(q);
+    if (!starts_chunk && at <= idx[first + q - 1]) flags |= DK_BAD_ORDER;
     if (values && !(dk_magnitude_bits(values[first + q]) < DK_VALUE_LIMIT_BITS)) flags |= DK_BAD_VALUE;
   }
   return flags;
@@ -74,16 +75,17 @@ DK_KERNEL dk_decompress(const int64_t* table, int n_tensors, int reduce, int cod
   __shared__ dk_decode_shared sh;
   const dk_tile tile = dk_find_tile(table, n_tensors, blockIdx.x);
   const int64_t* row = tile.row;
-  const int tid = static_cast<int>(threadIdx.x), E = tile.E, cn = tile.cn;
+  const int tid = static_cast<int>(threadIdx.x), E = tile.E;
   const int count = tile.chunks * E;
   const int64_t* peers = table + row[DK_F_PEERS];
   const int n_peers = static_cast<int>(row[DK_F_N_PEERS]), k = static_cast<int>(row[DK_F_PEER_K]);
-  const int64_t first = tile.first_chunk * k;  // this tile's first entry in every peer's arrays
+  const dk_div by_k = dk_row_div(row, DK_F_MAGIC_K, DK_F_PEER_K);
+  const int64_t first = static_cast<int64_t>(tile.first_chunk) * k;  // tile's first entry per peer
   const int entries = tile.chunks * k;
   const bool sign_codec = codec == DK_CODEC_SIGN;
 
   for (int el = tid; el < count; el += DK_THREADS) { sh.a[el] = 0.0f; sh.count[el] = 0; }
-  for (int r = tid; r < count / cn; r += DK_THREADS) sh.nonzero[r] = 0;
+  for (int r = tid; r < tile.chunks * tile.cm; r += DK_THREADS) sh.nonzero[r] = 0;
   if (tid == 0) sh.bad = 0;
   __syncthreads();
   // Validation first: a tile with a bad peer is not aggregated (no write out of range);
@@ -91,7 +93,7 @@ DK_KERNEL dk_decompress(const int64_t* table, int n_tensors, int reduce, int cod
   for (int p = 0; p < n_peers; ++p) {
     const int32_t* idx = reinterpret_cast<const int32_t*>(peers[2 * p]);
     const float* values = sign_codec ? nullptr : reinterpret_cast<const float*>(peers[2 * p + 1]);
-    const int bad = dk_check_peer(idx, values, first, entries, k, E);
+    const int bad = dk_check_peer(idx, values, first, entries, by_k, E);
     if (bad) {
       atomicOr(&flags[row[DK_F_FLAG_BASE] + p], bad);
       sh.bad = 1;
@@ -105,7 +107,7 @@ DK_KERNEL dk_decompress(const int64_t* table, int n_tensors, int reduce, int cod
     const int32_t* idx = reinterpret_cast<const int32_t*>(peers[2 * p]);
     for (int q = tid; q < entries; q += DK_THREADS) {
       const int64_t e = first + q;
-      const int pos = (q / k) * E + idx[e];
+      const int pos = static_cast<int>(dk_quot(q, by_k)) * E + idx[e];
       float v;
       if (sign_codec) {
         const uint8_t byte = reinterpret_cast<const uint8_t*>(peers[2 * p + 1])[e >> 3];
@@ -124,7 +126,7 @@ DK_KERNEL dk_decompress(const int64_t* table, int n_tensors, int reduce, int cod
     if (!n) continue;
     const float mean = dk_flush(dk_div_count(sh.a[el], reduce == DK_REDUCE_MEAN ? n : n_peers));
     sh.a[el] = mean;
-    if (mean != 0.0f) sh.nonzero[el / cn] = 1;
+    if (mean != 0.0f) sh.nonzero[dk_quot(el, tile.by_cn)] = 1;
   }
   __syncthreads();
   dk_canonical_inverse(sh, tile, row, apply_sign != 0);
@@ -134,15 +136,16 @@ DK_KERNEL dk_idct(const int64_t* table, int n_tensors) {
   __shared__ dk_decode_shared sh;
   const dk_tile tile = dk_find_tile(table, n_tensors, blockIdx.x);
   const int64_t* row = tile.row;
-  const int tid = static_cast<int>(threadIdx.x), cn = tile.cn;
+  const int tid = static_cast<int>(threadIdx.x);
   const int count = tile.chunks * tile.E;
-  const float* src = reinterpret_cast<const float*>(row[DK_F_SRC]) + tile.first_chunk * tile.E;
-  for (int r = tid; r < count / cn; r += DK_THREADS) sh.nonzero[r] = 0;
+  const float* src =
+      reinterpret_cast<const float*>(row[DK_F_SRC]) + static_cast<int64_t>(tile.first_chunk) * tile.E;
+  for (int r = tid; r < tile.chunks * tile.cm; r += DK_THREADS) sh.nonzero[r] = 0;
   __syncthreads();
   for (int el = tid; el < count; el += DK_THREADS) {
     const float v = src[el];
     sh.a[el] = v;
-    if (v != 0.0f) sh.nonzero[el / cn] = 1;  // NaN counts as nonzero, as in the reference
+    if (v != 0.0f) sh.nonzero[dk_quot(el, tile.by_cn)] = 1;  // NaN counts, as in the reference
   }
   __syncthreads();
   dk_canonical_inverse(sh, tile, row, false);

@@ -22,7 +22,7 @@ DK_DEVICE void dk_forward_dct(dk_encode_shared& sh, const dk_tile& tile, const f
   const int tid = static_cast<int>(threadIdx.x), E = tile.E, cm = tile.cm, cn = tile.cn;
   const int count = tile.chunks * E;
   for (int el = tid; el < count; el += DK_THREADS) {  // T[i][v] = sum_j x[i][j] C_n[v][j]
-    const int v = el % cn;
+    const int v = el - static_cast<int>(dk_quot(el, tile.by_cn)) * cn;
     const float* x_row = sh.x + (el - v);
     float acc = 0.0f;
     for (int j = 0; j < cn; ++j) acc = dk_fma(x_row[j], cn_basis_t[j * cn + v], acc);
@@ -30,9 +30,9 @@ DK_DEVICE void dk_forward_dct(dk_encode_shared& sh, const dk_tile& tile, const f
   }
   __syncthreads();
   for (int el = tid; el < count; el += DK_THREADS) {  // X[u][v] = sum_i C_m[u][i] T[i][v]
-    const int g = el / E, w = el - g * E, u = w / cn, v = w - u * cn;
-    const float* t_col = sh.t + g * E + v;
-    const float* c_row = cm_basis + u * cm;
+    const dk_place at = dk_locate(tile, el);  // (i, j) here is the frequency (u, v)
+    const float* t_col = sh.t + at.g * E + at.j;
+    const float* c_row = cm_basis + at.i * cm;
     float acc = 0.0f;
     for (int i = 0; i < cm; ++i) acc = dk_fma(c_row[i], t_col[i * cn], acc);
     sh.x[el] = acc;
@@ -48,7 +48,7 @@ DK_DEVICE void dk_select_small(dk_encode_shared& sh, const dk_tile& tile, int k,
                                float* val) {
   const int tid = static_cast<int>(threadIdx.x), E = tile.E, count = tile.chunks * E;
   for (int el = tid; el < count; el += DK_THREADS) {
-    const int w = el % E;
+    const int w = el - static_cast<int>(dk_quot(el, tile.by_E)) * E;
     const float* chunk = sh.x + (el - w);
     const uint32_t mine = dk_magnitude_bits(sh.x[el]);
     int rank = 0;
@@ -61,11 +61,11 @@ DK_DEVICE void dk_select_small(dk_encode_shared& sh, const dk_tile& tile, int k,
   __syncthreads();
   for (int el = tid; el < count; el += DK_THREADS) {
     if (!sh.picked[el]) continue;
-    const int g = el / E, w = el - g * E;
+    const dk_place place = dk_locate(tile, el);
     int slot = 0;
-    for (int o = 0; o < w; ++o) slot += sh.picked[g * E + o];
-    const int64_t at = (tile.first_chunk + g) * k + slot;
-    idx[at] = w;
+    for (int o = 0; o < place.w; ++o) slot += sh.picked[place.g * E + o];
+    const int64_t at = (static_cast<int64_t>(tile.first_chunk) + place.g) * k + slot;
+    idx[at] = place.w;
     val[at] = sh.x[el];
   }
 }
@@ -113,7 +113,7 @@ DK_DEVICE void dk_select_large(dk_encode_shared& sh, const dk_tile& tile, int k,
     mine += take;
   }
   int slot = dk_block_exclusive_scan(mine, sh.scan, &total);
-  const int64_t first = tile.first_chunk * k;
+  const int64_t first = static_cast<int64_t>(tile.first_chunk) * k;
   for (int w = lo; w < hi; ++w) {
     if (!sh.picked[w]) continue;
     idx[first + slot] = w;
@@ -140,8 +140,8 @@ DK_KERNEL dk_encode(const int64_t* table, int n_tensors, int mode, float beta, f
   for (int r = 0; r < DK_EPT; ++r) {
     const int el = tid + r * DK_THREADS;
     if (el >= count) break;
-    const int g = el / E, w = el - g * E, i = w / cn, j = w - i * cn;
-    const int64_t at = dk_chunk_offset(row, tile.first_chunk + g, i, j);
+    const dk_place place = dk_locate(tile, el);
+    const int64_t at = dk_chunk_offset(tile, tile.first_chunk + place.g, place.i, place.j);
     float v = dk_load(row[DK_F_X], x_dtype, at);
     if (step) v = dk_fma(lr, dk_load(row[DK_F_GRAD], g_dtype, at), beta * v);
     state[r] = v;
@@ -152,7 +152,8 @@ DK_KERNEL dk_encode(const int64_t* table, int n_tensors, int mode, float beta, f
 
   if (mode == DK_MODE_DCT) {
     float* coef = reinterpret_cast<float*>(row[DK_F_OUT_A]);
-    for (int el = tid; el < count; el += DK_THREADS) coef[tile.first_chunk * E + el] = sh.x[el];
+    const int64_t first = static_cast<int64_t>(tile.first_chunk) * E;
+    for (int el = tid; el < count; el += DK_THREADS) coef[first + el] = sh.x[el];
     return;
   }
   const int k = static_cast<int>(row[DK_F_K]);
@@ -166,7 +167,7 @@ DK_KERNEL dk_encode(const int64_t* table, int n_tensors, int mode, float beta, f
   for (int el = tid; el < count; el += DK_THREADS) sh.t[el] = sh.picked[el] ? sh.x[el] : 0.0f;
   __syncthreads();
   for (int el = tid; el < count; el += DK_THREADS) {  // R[u][j] = sum_v S[u][v] C_n[v][j]
-    const int j = el % cn;
+    const int j = el - static_cast<int>(dk_quot(el, tile.by_cn)) * cn;
     const float* s_row = sh.t + (el - j);
     float acc = 0.0f;
     for (int v = 0; v < cn; ++v) acc = dk_fma(s_row[v], cn_basis[v * cn + j], acc);
@@ -178,10 +179,10 @@ DK_KERNEL dk_encode(const int64_t* table, int n_tensors, int mode, float beta, f
   for (int r = 0; r < DK_EPT; ++r) {  // delta[i][j] -= sum_u C_m[u][i] R[u][j]
     const int el = tid + r * DK_THREADS;
     if (el >= count) break;
-    const int g = el / E, w = el - g * E, i = w / cn, j = w - i * cn;
-    const float* r_col = sh.x + g * E + j;
+    const dk_place p = dk_locate(tile, el);
+    const float* r_col = sh.x + p.g * E + p.j;
     float acc = 0.0f;
-    for (int u = 0; u < cm; ++u) acc = dk_fma(cm_basis[u * cm + i], r_col[u * cn], acc);
-    delta[dk_chunk_offset(row, tile.first_chunk + g, i, j)] = state[r] - acc;
+    for (int u = 0; u < cm; ++u) acc = dk_fma(cm_basis[u * cm + p.i], r_col[u * cn], acc);
+    delta[dk_chunk_offset(tile, tile.first_chunk + p.g, p.i, p.j)] = state[r] - acc;
   }
 }
