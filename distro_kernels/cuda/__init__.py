@@ -1,0 +1,74 @@
+"""Native CUDA/HIP backend (``backend="cuda"``): kernels compiled ahead of time from
+``csrc/cuda`` (a fatbin for NVIDIA, code objects for AMD) and launched through the GPU driver
+opened with ctypes. Importing this package never fails and never initialises a GPU: it
+registers ``"cuda"`` for CUDA tensors when the code objects for this torch's platform are
+installed and the driver library opens; otherwise ``backends.unavailable["cuda"]`` says why.
+:func:`enable_host_simulation` also runs the backend on CPU tensors through a host build of
+the same kernels (CI's way to execute them without a GPU).
+"""
+
+from __future__ import annotations
+
+from .. import backends
+from . import objects
+
+CUDA_ERROR: str | None = None
+
+
+def _why_unavailable() -> str | None:
+    import torch
+
+    from .driver import CUDA_LIBRARY, HIP_LIBRARIES, open_library
+
+    if torch.version.hip:
+        if not objects.find_hip_objects():
+            return "no HIP code objects built (hipcc was not found when the package was built)"
+        names = HIP_LIBRARIES
+    elif torch.version.cuda:
+        if objects.find_fatbin() is None:
+            return "no CUDA fatbin built (nvcc was not found when the package was built)"
+        names = [CUDA_LIBRARY]
+    else:
+        return "torch is a CPU-only build (no CUDA or ROCm)"
+    try:
+        open_library(names)
+    except OSError as exc:
+        return f"GPU driver library not loadable ({exc})"
+    return None
+
+
+try:
+    CUDA_ERROR = _why_unavailable()
+except Exception as exc:  # a broken install must not break the import
+    CUDA_ERROR = f"cuda backend check failed ({type(exc).__name__}: {exc})"
+
+if CUDA_ERROR is None:
+    from . import backend
+
+    backends.register("cuda", backend, ("cuda",))
+else:
+    backends.mark_unavailable("cuda", CUDA_ERROR)
+
+
+def enable_host_simulation(library=None) -> None:
+    """Also run ``backend="cuda"`` on CPU tensors, through the kernels built for the host
+    (``csrc/cuda/host_sim.h``; needs a checkout and g++). Slow: tests only."""
+    from . import backend as cuda_backend
+    from . import runtime, sim
+
+    runtime.set_sim(sim.SimDriver(library or sim.build()))
+    kinds = ("cuda", "cpu")
+    backends.register("cuda", cuda_backend, kinds)
+
+
+def describe() -> dict:
+    """What is installed and why it runs or not (for ``info()``)."""
+    fatbin = objects.find_fatbin()
+    targets = fatbin.with_suffix(".targets") if fatbin else None
+    return {
+        "available": CUDA_ERROR is None,
+        "why_not": CUDA_ERROR,
+        "fatbin": str(fatbin) if fatbin else None,
+        "fatbin_targets": targets.read_text().split() if targets and targets.exists() else [],
+        "hip_objects": {arch: str(p) for arch, p in objects.find_hip_objects().items()},
+    }
