@@ -69,6 +69,8 @@ extern "C" int dk_sim_launch(const char* name, unsigned grid, unsigned block, vo
   return 0;
 }
 
-// The integer division of decode, for an exhaustive-style host test against IEEE division.
-extern "C" float dk_sim_div_count(float s, uint32_t n) { return dk_div_count(s, n); }
 extern "C" int dk_sim_threads() { return DK_THREADS; }
+// The integer division of decode, for a host test against IEEE division.
+extern "C" void dk_sim_div_count_many(const float* s, const uint32_t* n, float* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = dk_div_count(s[i], n[i]);
+}

@@ -42,8 +42,7 @@ class SimDriver:
     def __init__(self, path: Path):
         self.lib = ctypes.CDLL(str(path))
         self.lib.dk_sim_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
-        self.lib.dk_sim_div_count.argtypes = [ctypes.c_float, ctypes.c_uint32]
-        self.lib.dk_sim_div_count.restype = ctypes.c_float
+        self.lib.dk_sim_div_count_many.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64]
         if self.lib.dk_sim_threads() != THREADS:
             raise RuntimeError("the emulation was built with another DK_THREADS")
 
@@ -52,5 +51,13 @@ class SimDriver:
         if status:
             raise RuntimeError(f"host emulation of {name} failed (status {status})")
 
-    def div_count(self, s: float, n: int) -> float:
-        return self.lib.dk_sim_div_count(s, n)
+    def div_count(self, s, n):
+        """The decode kernels' integer division, elementwise on float32 / uint32 numpy arrays."""
+        import numpy as np
+
+        s = np.ascontiguousarray(s, dtype=np.float32)
+        n = np.ascontiguousarray(n, dtype=np.uint32)
+        out = np.empty_like(s)
+        self.lib.dk_sim_div_count_many(s.ctypes.data, n.ctypes.data, out.ctypes.data,
+                                       ctypes.c_int64(s.size))
+        return out
