@@ -2,10 +2,14 @@
 // A tile is one chunk (E > 64) or DK_TILE / E chunks of one tensor (E <= 64). The input (and
 // the gradient) is read once, the DCT runs in shared memory against the canonical basis with
 // fused multiply-adds (SPEC 6's fp32 bar), the top-k is exact (SPEC 3's tie rule), and the
-// state is written once: delta - IDCT(selected).
+// state is written once: delta - IDCT(selected) (a rank-k update for one chunk and k <= 64).
 #pragma once
 
 #include "common.h"
+
+// Error feedback as a rank-k update when one chunk fills the tile and k is at most this:
+// k fused multiply-adds per element instead of two dense 64-term products.
+#define DK_SPARSE_K 64
 
 struct dk_encode_shared {
   float x[DK_TILE];  // the input tile, then X = C_m x C_n^T
@@ -14,6 +18,8 @@ struct dk_encode_shared {
   int hist[256];
   int scan[2 * DK_THREADS];
   int bin, above;
+  int sel_u[DK_SPARSE_K], sel_v[DK_SPARSE_K];  // picked (u, v), one chunk, k <= DK_SPARSE_K
+  float sel_x[DK_SPARSE_K];
 };
 
 // x (in sh.x) -> X (in sh.x), per chunk g of the tile.
@@ -118,7 +124,35 @@ DK_DEVICE void dk_select_large(dk_encode_shared& sh, const dk_tile& tile, int k,
     if (!sh.picked[w]) continue;
     idx[first + slot] = w;
     val[first + slot] = sh.x[w];
+    if (slot < DK_SPARSE_K) {
+      const int u = static_cast<int>(dk_quot(static_cast<uint32_t>(w), tile.by_cn));
+      sh.sel_u[slot] = u;
+      sh.sel_v[slot] = w - u * tile.cn;
+      sh.sel_x[slot] = sh.x[w];
+    }
     ++slot;
+  }
+}
+
+// delta -= sum over the k picked (u_t, v_t) of X_t C_m[u_t][i] C_n[v_t][j] (one chunk per tile).
+DK_DEVICE void dk_feedback_sparse(dk_encode_shared& sh, const dk_tile& tile, int k,
+                                  const float* cm_basis, const float* cn_basis,
+                                  const float* state, float* delta) {
+  const int tid = static_cast<int>(threadIdx.x), cm = tile.cm, cn = tile.cn;
+  float* scaled = sh.t;  // scaled[t * 64 + i] = X_t C_m[u_t][i]
+  for (int q = tid; q < k * 64; q += DK_THREADS) {
+    const int t = q >> 6, i = q & 63;
+    if (i < cm) scaled[q] = sh.sel_x[t] * cm_basis[sh.sel_u[t] * cm + i];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < DK_EPT; ++r) {
+    const int el = tid + r * DK_THREADS;
+    if (el >= tile.E) break;
+    const dk_place p = dk_locate(tile, el);
+    float acc = 0.0f;
+    for (int t = 0; t < k; ++t) acc = dk_fma(scaled[t * 64 + p.i], cn_basis[sh.sel_v[t] * cn + p.j], acc);
+    delta[dk_chunk_offset(tile, tile.first_chunk, p.i, p.j)] = state[r] - acc;
   }
 }
 
@@ -162,6 +196,11 @@ DK_KERNEL dk_encode(const int64_t* table, int n_tensors, int mode, float beta, f
   if (E <= 64) dk_select_small(sh, tile, k, idx, val); else dk_select_large(sh, tile, k, idx, val);
   if (!step) return;
   __syncthreads();
+  float* delta = reinterpret_cast<float*>(row[DK_F_X]);
+  if (E > 64 && k <= DK_SPARSE_K) {
+    dk_feedback_sparse(sh, tile, k, cm_basis, cn_basis, state, delta);
+    return;
+  }
 
   // Error feedback: delta -= C_m^T S C_n with S the picked coefficients (zero elsewhere).
   for (int el = tid; el < count; el += DK_THREADS) sh.t[el] = sh.picked[el] ? sh.x[el] : 0.0f;
@@ -174,7 +213,6 @@ DK_KERNEL dk_encode(const int64_t* table, int n_tensors, int mode, float beta, f
     sh.x[el] = acc;
   }
   __syncthreads();
-  float* delta = reinterpret_cast<float*>(row[DK_F_X]);
 #pragma unroll
   for (int r = 0; r < DK_EPT; ++r) {  // delta[i][j] -= sum_u C_m[u][i] R[u][j]
     const int el = tid + r * DK_THREADS;
