@@ -22,26 +22,81 @@ struct dk_encode_shared {
   float sel_x[DK_SPARSE_K];
 };
 
+// When DK_THREADS is a multiple of cn, every element a thread owns (el = tid + r DK_THREADS)
+// sits in the same column v = tid % cn: one basis load then serves all DK_EPT of them.
+DK_DEVICE void dk_first_product_columns(dk_encode_shared& sh, int count, int cn,
+                                        const float* cn_basis_t) {
+  const int tid = static_cast<int>(threadIdx.x), v = tid % cn;
+  float acc[DK_EPT];
+#pragma unroll
+  for (int r = 0; r < DK_EPT; ++r) acc[r] = 0.0f;
+  for (int j = 0; j < cn; ++j) {
+    const float b = cn_basis_t[j * cn + v];
+#pragma unroll
+    for (int r = 0; r < DK_EPT; ++r) {
+      const int el = tid + r * DK_THREADS;
+      if (el < count) acc[r] = dk_fma(sh.x[el - v + j], b, acc[r]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < DK_EPT; ++r) {
+    const int el = tid + r * DK_THREADS;
+    if (el < count) sh.t[el] = acc[r];
+  }
+}
+
+// Second product for a one-chunk tile in the same layout: T[i][v] is loaded once per i.
+DK_DEVICE void dk_second_product_columns(dk_encode_shared& sh, int count, int cm, int cn,
+                                         const float* cm_basis) {
+  const int tid = static_cast<int>(threadIdx.x), v = tid % cn, u0 = tid / cn;
+  const int rows_per_pass = DK_THREADS / cn;
+  float acc[DK_EPT];
+#pragma unroll
+  for (int r = 0; r < DK_EPT; ++r) acc[r] = 0.0f;
+  for (int i = 0; i < cm; ++i) {
+    const float t = sh.t[i * cn + v];
+#pragma unroll
+    for (int r = 0; r < DK_EPT; ++r) {
+      const int el = tid + r * DK_THREADS;
+      if (el < count) acc[r] = dk_fma(cm_basis[(u0 + r * rows_per_pass) * cm + i], t, acc[r]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < DK_EPT; ++r) {
+    const int el = tid + r * DK_THREADS;
+    if (el < count) sh.x[el] = acc[r];
+  }
+}
+
 // x (in sh.x) -> X (in sh.x), per chunk g of the tile.
 DK_DEVICE void dk_forward_dct(dk_encode_shared& sh, const dk_tile& tile, const float* cm_basis,
                               const float* cn_basis_t) {
   const int tid = static_cast<int>(threadIdx.x), E = tile.E, cm = tile.cm, cn = tile.cn;
   const int count = tile.chunks * E;
-  for (int el = tid; el < count; el += DK_THREADS) {  // T[i][v] = sum_j x[i][j] C_n[v][j]
-    const int v = el - static_cast<int>(dk_quot(el, tile.by_cn)) * cn;
-    const float* x_row = sh.x + (el - v);
-    float acc = 0.0f;
-    for (int j = 0; j < cn; ++j) acc = dk_fma(x_row[j], cn_basis_t[j * cn + v], acc);
-    sh.t[el] = acc;
+  const bool columns = DK_THREADS % cn == 0;
+  if (columns) {
+    dk_first_product_columns(sh, count, cn, cn_basis_t);
+  } else {
+    for (int el = tid; el < count; el += DK_THREADS) {  // T[i][v] = sum_j x[i][j] C_n[v][j]
+      const int v = el - static_cast<int>(dk_quot(el, tile.by_cn)) * cn;
+      const float* x_row = sh.x + (el - v);
+      float acc = 0.0f;
+      for (int j = 0; j < cn; ++j) acc = dk_fma(x_row[j], cn_basis_t[j * cn + v], acc);
+      sh.t[el] = acc;
+    }
   }
   __syncthreads();
-  for (int el = tid; el < count; el += DK_THREADS) {  // X[u][v] = sum_i C_m[u][i] T[i][v]
-    const dk_place at = dk_locate(tile, el);  // (i, j) here is the frequency (u, v)
-    const float* t_col = sh.t + at.g * E + at.j;
-    const float* c_row = cm_basis + at.i * cm;
-    float acc = 0.0f;
-    for (int i = 0; i < cm; ++i) acc = dk_fma(c_row[i], t_col[i * cn], acc);
-    sh.x[el] = acc;
+  if (columns && tile.chunks == 1) {
+    dk_second_product_columns(sh, count, cm, cn, cm_basis);
+  } else {
+    for (int el = tid; el < count; el += DK_THREADS) {  // X[u][v] = sum_i C_m[u][i] T[i][v]
+      const dk_place at = dk_locate(tile, el);  // (i, j) here is the frequency (u, v)
+      const float* t_col = sh.t + at.g * E + at.j;
+      const float* c_row = cm_basis + at.i * cm;
+      float acc = 0.0f;
+      for (int i = 0; i < cm; ++i) acc = dk_fma(c_row[i], t_col[i * cn], acc);
+      sh.x[el] = acc;
+    }
   }
   __syncthreads();
 }
