@@ -61,14 +61,35 @@ def enable_host_simulation(library=None) -> None:
     backends.register("cuda", cuda_backend, kinds)
 
 
-def describe() -> dict:
-    """What is installed and why it runs or not (for ``info()``)."""
+def describe(probe: bool = False) -> dict:
+    """What is installed and why it runs or not (for ``info()``). ``probe=True`` also loads
+    the kernels on every visible GPU (this initialises the driver) and reports, per device,
+    the kernel names or the error."""
     fatbin = objects.find_fatbin()
     targets = fatbin.with_suffix(".targets") if fatbin else None
-    return {
+    out = {
         "available": CUDA_ERROR is None,
         "why_not": CUDA_ERROR,
         "fatbin": str(fatbin) if fatbin else None,
         "fatbin_targets": targets.read_text().split() if targets and targets.exists() else [],
         "hip_objects": {arch: str(p) for arch, p in objects.find_hip_objects().items()},
     }
+    if probe and CUDA_ERROR is None:
+        out["devices"] = _probe_devices()
+    return out
+
+
+def _probe_devices() -> dict:
+    import torch
+
+    from . import runtime
+
+    devices = {}
+    for index in range(torch.cuda.device_count()):
+        name = torch.cuda.get_device_name(index)
+        try:
+            loaded = runtime.gpu_driver().functions(index)
+            devices[f"cuda:{index}"] = {"name": name, "kernels": sorted(loaded)}
+        except RuntimeError as exc:
+            devices[f"cuda:{index}"] = {"name": name, "error": str(exc)}
+    return devices

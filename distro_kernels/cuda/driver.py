@@ -76,6 +76,10 @@ class CudaDriver:
             self._contexts[index], self._functions[index] = ctx, functions
             return ctx, functions
 
+    def functions(self, index: int) -> dict:
+        """The kernels loaded on device ``index`` (loads them on first use)."""
+        return self._setup(index)[1]
+
     def launch(self, device: torch.device, name: str, grid: int, packed: Packed, stream: int) -> None:
         index = device.index if device.index is not None else torch.cuda.current_device()
         ctx, functions = self._setup(index)
@@ -126,6 +130,9 @@ class HipDriver:
                     functions[name] = f
             self._functions[index] = functions
             return functions
+
+    def functions(self, index: int) -> dict:
+        return self._setup(index)
 
     def launch(self, device: torch.device, name: str, grid: int, packed: Packed, stream: int) -> None:
         index = device.index if device.index is not None else torch.cuda.current_device()
