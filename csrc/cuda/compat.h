@@ -48,7 +48,7 @@ DK_DEVICE int dk_clz32(uint32_t x) { return __clz(static_cast<int>(x)); }
 #if defined(DK_HOST_SIM)
 #define DK_KERNEL extern "C" void
 #else
-#define DK_KERNEL extern "C" __global__ void __launch_bounds__(DK_THREADS)
+#define DK_KERNEL extern "C" __global__ void __launch_bounds__(DK_THREADS, 1)
 #endif
 
 // Threads per block of every tile kernel, and the elements of one tile (one 64x64 chunk, or
