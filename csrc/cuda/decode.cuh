@@ -24,6 +24,40 @@ struct dk_decode_shared {
 // |v| < 2^-55 -> +0 (and so -0 -> +0), by the bits: no float compare needed.
 DK_DEVICE float dk_flush(float v) { return dk_magnitude_bits(v) < DK_FLUSH_BELOW_BITS ? 0.0f : v; }
 
+DK_DEVICE float dk_sign_of(float v) { return v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f); }
+
+// The second fold for a tile of one 64 x 64 chunk, register-blocked: each thread folds a 4 x 4
+// block of y, so one C_m quad and one T quad serve 16 terms. Every element's fold is still
+// its own ascending sequence of rounded multiplies and adds: the bits do not change.
+DK_DEVICE void dk_second_fold_64(dk_decode_shared& sh, const dk_tile& tile, const float* cm_basis,
+                                 bool apply_sign, float* out) {
+  const int tid = static_cast<int>(threadIdx.x), i0 = (tid >> 4) * 4, j0 = (tid & 15) * 4;
+  float acc[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+  for (int u = 0; u < 64; ++u) {
+    if (!sh.nonzero[u]) continue;
+    float c[4], t[4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      c[a] = cm_basis[u * 64 + i0 + a];
+      t[a] = sh.t[u * 64 + j0 + a];
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = dk_add(acc[a][b], dk_mul(c[a], t[b]));
+  }
+#pragma unroll
+  for (int a = 0; a < 4; ++a) {
+    float* row = out + dk_chunk_offset(tile, tile.first_chunk, i0 + a, j0);
+#pragma unroll
+    for (int b = 0; b < 4; ++b) row[b] = apply_sign ? dk_sign_of(acc[a][b]) : acc[a][b];
+  }
+}
+
 // SPEC 4.3 on the tile's chunks: sh.a holds A (rows with a nonzero flagged); writes y (or
 // sign(y)) to the tensor's padded layout.
 DK_DEVICE void dk_canonical_inverse(dk_decode_shared& sh, const dk_tile& tile, const int64_t* row,
@@ -44,6 +78,10 @@ DK_DEVICE void dk_canonical_inverse(dk_decode_shared& sh, const dk_tile& tile, c
   }
   __syncthreads();
   float* out = reinterpret_cast<float*>(row[DK_F_OUT]);
+  if (cm == 64 && cn == 64) {  // then the tile is one chunk (E = DK_TILE)
+    dk_second_fold_64(sh, tile, cm_basis, apply_sign, out);
+    return;
+  }
   for (int el = tid; el < count; el += DK_THREADS) {  // y[i][j] = fold_u C_m[u][i] * T[u][j]
     const dk_place p = dk_locate(tile, el);
     const float* t_col = sh.t + p.g * E + p.j;
@@ -51,7 +89,7 @@ DK_DEVICE void dk_canonical_inverse(dk_decode_shared& sh, const dk_tile& tile, c
     float acc = 0.0f;
     for (int u = 0; u < cm; ++u)
       if (rows[u]) acc = dk_add(acc, dk_mul(cm_basis[u * cm + p.i], t_col[u * cn]));
-    if (apply_sign) acc = acc > 0.0f ? 1.0f : (acc < 0.0f ? -1.0f : 0.0f);
+    if (apply_sign) acc = dk_sign_of(acc);
     out[dk_chunk_offset(tile, tile.first_chunk + p.g, p.i, p.j)] = acc;
   }
 }
