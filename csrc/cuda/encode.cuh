@@ -68,11 +68,46 @@ DK_DEVICE void dk_second_product_columns(dk_encode_shared& sh, int count, int cm
   }
 }
 
+// One product of a 64 x 64 chunk, register-blocked: out[p][q] = sum_s l[p][s] r[s][q] with
+// each thread on a 4 x 4 block, so four l loads and four r loads serve 16 fused multiply-adds.
+// l[p][s] is at l + p * l_row + s * l_col; r[s][q] at r + s * 64 + q.
+DK_DEVICE void dk_product_64(const float* l, int l_row, int l_col, const float* r, float* out) {
+  const int tid = static_cast<int>(threadIdx.x), p0 = (tid >> 4) * 4, q0 = (tid & 15) * 4;
+  float acc[4][4];
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+  for (int s = 0; s < 64; ++s) {
+    float lv[4], rv[4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      lv[a] = l[(p0 + a) * l_row + s * l_col];
+      rv[a] = r[s * 64 + q0 + a];
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = dk_fma(lv[a], rv[b], acc[a][b]);
+  }
+#pragma unroll
+  for (int a = 0; a < 4; ++a)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) out[(p0 + a) * 64 + q0 + b] = acc[a][b];
+}
+
 // x (in sh.x) -> X (in sh.x), per chunk g of the tile.
 DK_DEVICE void dk_forward_dct(dk_encode_shared& sh, const dk_tile& tile, const float* cm_basis,
                               const float* cn_basis_t) {
   const int tid = static_cast<int>(threadIdx.x), E = tile.E, cm = tile.cm, cn = tile.cn;
   const int count = tile.chunks * E;
+  if (cm == 64 && cn == 64) {  // one chunk per tile
+    dk_product_64(sh.x, 64, 1, cn_basis_t, sh.t);  // T[i][v] = sum_j x[i][j] C_n^T[j][v]
+    __syncthreads();
+    dk_product_64(cm_basis, 64, 1, sh.t, sh.x);  // X[u][v] = sum_i C_m[u][i] T[i][v]
+    __syncthreads();
+    return;
+  }
   const bool columns = DK_THREADS % cn == 0;
   if (columns) {
     dk_first_product_columns(sh, count, cn, cn_basis_t);
@@ -260,6 +295,18 @@ DK_KERNEL dk_encode(const int64_t* table, int n_tensors, int mode, float beta, f
   // Error feedback: delta -= C_m^T S C_n with S the picked coefficients (zero elsewhere).
   for (int el = tid; el < count; el += DK_THREADS) sh.t[el] = sh.picked[el] ? sh.x[el] : 0.0f;
   __syncthreads();
+  if (cm == 64 && cn == 64) {  // one chunk: both products register-blocked
+    dk_product_64(sh.t, 64, 1, cn_basis, sh.x);  // R[u][j] = sum_v S[u][v] C_n[v][j]
+    __syncthreads();
+    dk_product_64(cm_basis, 1, 64, sh.x, sh.t);  // (C_m^T R)[i][j] = sum_u C_m[u][i] R[u][j]
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < DK_EPT; ++r) {
+      const int el = tid + r * DK_THREADS;
+      delta[dk_chunk_offset(tile, tile.first_chunk, el >> 6, el & 63)] = state[r] - sh.t[el];
+    }
+    return;
+  }
   for (int el = tid; el < count; el += DK_THREADS) {  // R[u][j] = sum_v S[u][v] C_n[v][j]
     const int j = el - static_cast<int>(dk_quot(el, tile.by_cn)) * cn;
     const float* s_row = sh.t + (el - j);
