@@ -79,7 +79,10 @@ def backends_for(names: list[str], device):
             import distro_kernels.triton as dk_triton
 
             if dk_triton.TRITON_ERROR is None and device.type == "cuda":
-                from distro_kernels.triton import backend as module
+                try:  # the op bodies' module: impl (per-device dispatch) or backend (older)
+                    from distro_kernels.triton import impl as module
+                except ImportError:
+                    from distro_kernels.triton import backend as module
 
                 out[name] = module
             else:

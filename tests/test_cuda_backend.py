@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import distro_kernels.cuda as dk_cuda
-from distro_kernels import backends, ops, reference
+from distro_kernels import reference
 from distro_kernels.basis import canonical_basis_np
 from distro_kernels.chunking import chunk_plan
 from distro_kernels.cuda import backend as cb
@@ -105,11 +105,18 @@ def assert_same_bits(got, expected):
 
 
 def _oracles():
+    """The reference, and the compiled CPU kernels once built (under either module name)."""
     out = [reference]
-    if "cpu" in backends.available():
-        out.append(backends.resolve("cpu", torch.device("cpu")))
+    from distro_kernels._ext import CPU_EXT_ERROR, cpu_ext
+
+    if cpu_ext is not None:
+        try:
+            from distro_kernels import native_cpu as cpu_kernels
+        except ImportError:
+            from distro_kernels import cpu_backend as cpu_kernels
+        out.append(cpu_kernels)
     elif CI:
-        pytest.fail("CI=true but the cpu backend is not built: " + backends.unavailable.get("cpu", "?"))
+        pytest.fail(f"CI=true but the CPU kernels are not built: {CPU_EXT_ERROR}")
     return out
 
 
@@ -450,23 +457,30 @@ def test_pack_unpack_signs_match_reference(device, n, dtype):
 
 
 def test_public_ops_dispatch_to_cuda(device):
-    """Through ``dk.*`` with ``backend="cuda"`` (on CPU tensors only while the emulation is
-    registered for them here; the lead's dispatch wiring decides the GPU default)."""
-    saved = dict(backends._available), dict(backends.unavailable)
+    """Through the public ``dk.compress``/``dk.decompress`` with the kernels registered under
+    this tree's name (``native`` on the device in ``dispatch``, or ``cuda`` in ``backends``),
+    temporarily: on CPU tensors that replaces the CPU kernels for the duration of the test."""
+    import distro_kernels as dk
+
+    registry = dk_cuda.registry
+    store = "_modules" if hasattr(registry, "_modules") else "_available"
+    table = getattr(registry, store)
+    saved = {k: dict(v) if isinstance(v, dict) else v for k, v in table.items()}, dict(registry.unavailable)
+    name = dk_cuda.REGISTERED_AS
     try:
-        backends.register("cuda", cb, (device.type,))
+        registry.register(name, cb, (device.type,))
         x = _randn((64, 96), 15).to(device)
-        i, v = ops.compress(x, 8, backend="cuda")
-        ri, rv = reference.compress(x.cpu(), chunk_plan((64, 96), 64), 8)
+        plan = chunk_plan((64, 96), 64)
+        i, v = dk.compress(x, 8, backend=name)
+        ri, rv = reference.compress(x.cpu(), plan, 8)
         assert torch.equal(i.cpu(), ri)
-        got = ops.decompress([i], [v], (64, 96), backend="cuda", sign=True)
-        assert_same_bits(got, reference.decompress([i.cpu()], [v.cpu()], chunk_plan((64, 96), 64),
-                                                   sign=True))
+        got = dk.decompress([i], [v], (64, 96), backend=name, sign=True)
+        assert_same_bits(got, reference.decompress([i.cpu()], [v.cpu()], plan, sign=True))
     finally:
-        backends._available.clear()
-        backends._available.update(saved[0])
-        backends.unavailable.clear()
-        backends.unavailable.update(saved[1])
+        getattr(registry, store).clear()
+        getattr(registry, store).update(saved[0])
+        registry.unavailable.clear()
+        registry.unavailable.update(saved[1])
 
 
 # ----------------------------------------------------------------------------- random geometry

@@ -1,16 +1,27 @@
-"""Native CUDA/HIP backend (``backend="cuda"``): kernels compiled ahead of time from
-``csrc/cuda`` (a fatbin for NVIDIA, code objects for AMD) and launched through the GPU driver
-opened with ctypes. Importing this package never fails and never initialises a GPU: it
-registers ``"cuda"`` for CUDA tensors when the code objects for this torch's platform are
-installed and the driver library opens; otherwise ``backends.unavailable["cuda"]`` says why.
-:func:`enable_host_simulation` also runs the backend on CPU tensors through a host build of
-the same kernels (CI's way to execute them without a GPU).
+"""Native CUDA/HIP kernels: compiled ahead of time from ``csrc/cuda`` (a fatbin for NVIDIA,
+code objects for AMD) and launched through the GPU driver opened with ctypes. Importing this
+package never fails and never initialises a GPU. It registers the kernels for CUDA tensors
+when the code objects for this torch's platform are installed and the driver library opens,
+else records why: as ``"native"`` on ``cuda`` in ``distro_kernels.dispatch`` (the per-device
+registry), or as ``"cuda"`` in the older ``distro_kernels.backends``, whichever this tree has.
+:func:`enable_host_simulation` runs ``distro_kernels.cuda.backend`` on CPU tensors through a
+host build of the same kernels (CI's way to execute them without a GPU).
 """
 
 from __future__ import annotations
 
-from .. import backends
 from . import objects
+
+try:  # the per-device registry: these kernels are the "native" implementation on CUDA
+    from .. import dispatch as registry
+
+    REGISTERED_AS = "native"
+    UNAVAILABLE_KEY = "native:cuda"
+except ImportError:  # the older name-per-backend registry
+    from .. import backends as registry
+
+    REGISTERED_AS = "cuda"
+    UNAVAILABLE_KEY = "cuda"
 
 CUDA_ERROR: str | None = None
 
@@ -45,20 +56,22 @@ except Exception as exc:  # a broken install must not break the import
 if CUDA_ERROR is None:
     from . import backend
 
-    backends.register("cuda", backend, ("cuda",))
+    registry.register(REGISTERED_AS, backend, ("cuda",))
+elif REGISTERED_AS == "native":
+    registry.mark_unavailable("native", CUDA_ERROR, "cuda")
 else:
-    backends.mark_unavailable("cuda", CUDA_ERROR)
+    registry.mark_unavailable("cuda", CUDA_ERROR)
 
 
-def enable_host_simulation(library=None) -> None:
-    """Also run ``backend="cuda"`` on CPU tensors, through the kernels built for the host
-    (``csrc/cuda/host_sim.h``; needs a checkout and g++). Slow: tests only."""
+def enable_host_simulation(library=None):
+    """Lets ``distro_kernels.cuda.backend`` run on CPU tensors, through the kernels built for
+    the host (``csrc/cuda/host_sim.h``; needs a checkout and g++); returns that module. Slow:
+    tests only. Nothing is registered (CPU tensors keep their own native kernels)."""
     from . import backend as cuda_backend
     from . import runtime, sim
 
     runtime.set_sim(sim.SimDriver(library or sim.build()))
-    kinds = ("cuda", "cpu")
-    backends.register("cuda", cuda_backend, kinds)
+    return cuda_backend
 
 
 def describe(probe: bool = False) -> dict:
