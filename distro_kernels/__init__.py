@@ -31,6 +31,13 @@ except Exception as exc:  # never let an optional piece break the import; info()
 
     _dispatch.mark_unavailable("triton", f"distro_kernels.triton failed to import: {exc!r}")
 
+try:  # native CUDA/HIP code objects: register as "native" on CUDA tensors when they load
+    from . import cuda as _cuda_kernels  # noqa: F401
+except Exception as exc:
+    from . import dispatch as _dispatch
+
+    _dispatch.mark_unavailable("native", f"distro_kernels.cuda failed to import: {exc!r}", "cuda")
+
 __all__ = [
     "__version__",
     "ChunkPlan",

@@ -26,4 +26,15 @@ def info() -> dict:
         "cpu_kernel": cpu_ext.kernel_variant() if cpu_ext is not None else None,
         "threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
+        "cuda_kernels": _cuda_kernels(),
     }
+
+
+def _cuda_kernels() -> dict | None:
+    """What the native CUDA/HIP package found (code objects, targets, and per GPU the loaded
+    kernels when a GPU is present); ``None`` if it did not import."""
+    try:
+        from . import cuda
+    except Exception:
+        return None
+    return cuda.describe(probe=torch.cuda.is_available())
