@@ -31,13 +31,13 @@ struct Scratch {
   AlignedBuffer<float> partial;   // T (cm x ldn): its nonzero rows, compacted
   AlignedBuffer<float> basis;     // the rows of C_m that match them (cm x ldm)
   AlignedBuffer<uint64_t> marks;  // bit v of row u: A[u, v] is a term; all 0 between chunks
-  std::vector<int32_t> touched;   // padded positions written this chunk
   std::vector<int> rows;          // rows u of T with a term, ascending
-  Scratch(int cm, int ldn, int max_touched)
+  std::vector<int> term_v;        // one row's terms: v and A[u, v]
+  AlignedBuffer<float> term_a;
+  Scratch(int cm, int ldn)
       : words((ldn + 63) / 64), agg(cm * ldn), count(cm * ldn), partial(cm * ldn),
-        basis(cm * ((cm + 7) / 8 * 8)), marks(cm * words), touched(max_touched), rows(cm) {}
+        basis(cm * ((cm + 7) / 8 * 8)), marks(cm * words), rows(cm), term_v(ldn), term_a(ldn) {}
   void mark(int u, int v) { marks[u * words + (v >> 6)] |= uint64_t{1} << (v & 63); }
-  void unmark(int u, int v) { marks[u * words + (v >> 6)] &= ~(uint64_t{1} << (v & 63)); }
 };
 
 constexpr int kRangeBad = 1, kOrderBad = 2, kValueBad = 4;
@@ -57,22 +57,42 @@ int check_chunk(const int32_t* row, const float* values, int k, int E) {
   return flags;
 }
 
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* at = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(at + off, 0, 3);
+  __builtin_prefetch(at + bytes - 1, 0, 3);
+}
+
 inline float canonical_value(float v) { return std::fabs(v) < kFlushBelow ? 0.0f : v; }
 
-// The first stage on the marked terms of s.agg: T[u, :] = fold over v ascending of
-// A[u, v] * C_n[v, :] for each row u with a mark, stored compacted (row n for the n-th such u,
-// listed in s.rows). Clears A and the marks. Returns how many rows have one.
-int first_stage(const ChunkBases& b, Scratch& s) {
+// The first stage on the marked positions of s.agg: for each row u with a mark,
+// T[u, :] = fold over v ascending of A[u, v] * C_n[v, :], with A[u, v] = finish(S, n) from
+// the sums and counts there (a zero A is no term); T rows are stored compacted (row r for the
+// r-th such u, listed in s.rows). Clears the sums, counts and marks. Returns the row count.
+template <class Finish>
+int first_stage(const ChunkBases& b, Scratch& s, Finish finish) {
   int n_rows = 0;
   for (int u = 0; u < b.cm; ++u) {
     uint64_t* mark = s.marks.data() + u * s.words;
-    uint64_t any = 0;
-    for (int w = 0; w < s.words; ++w) any |= mark[w];
-    if (!any) continue;
-    float* a_row = s.agg.data() + u * b.ldn;
-    fold_marked(a_row, mark, s.words, b.cn_rows.data(), b.ldn, s.partial.data() + n_rows * b.ldn, b.ldn);
-    for (int w = 0; w < s.words; ++w) mark[w] = 0;
-    std::memset(a_row, 0, sizeof(float) * b.ldn);
+    float* sums = s.agg.data() + u * b.ldn;
+    int32_t* counts = s.count.data() + u * b.ldn;
+    int n_terms = 0;
+    for (int w = 0; w < s.words; ++w) {
+      for (uint64_t bits = mark[w]; bits; bits &= bits - 1) {
+        const int v = w * 64 + __builtin_ctzll(bits);
+        const float a = finish(sums[v], counts[v]);
+        sums[v] = 0.0f;
+        counts[v] = 0;
+        if (a != 0.0f) {
+          s.term_v[n_terms] = v;
+          s.term_a[n_terms++] = a;
+        }
+      }
+      mark[w] = 0;
+    }
+    if (!n_terms) continue;
+    fold_terms(s.term_v.data(), s.term_a.data(), n_terms, b.cn_rows.data(), b.ldn,
+               s.partial.data() + n_rows * b.ldn, b.ldn);
     s.rows[n_rows++] = u;
   }
   return n_rows;
@@ -100,9 +120,11 @@ struct OutputSink {
   }
 };
 
-// The canonical inverse of the aggregate in s.agg (SPEC 4.3), written to the output.
-void inverse_to(const ChunkBases& b, Scratch& s, OutputSink sink) {
-  const int n_rows = first_stage(b, s);
+// The canonical inverse (SPEC 4.3) of the marked sums in s.agg, finished by finish(S, n),
+// written to the output.
+template <class Finish>
+void inverse_to(const ChunkBases& b, Scratch& s, Finish finish, OutputSink sink) {
+  const int n_rows = first_stage(b, s, finish);
   const float* basis = b.cm_rows.data();
   if (n_rows < b.cm) {  // the C_m rows of the compacted T rows
     for (int r = 0; r < n_rows; ++r)
@@ -124,8 +146,8 @@ constexpr int64_t kStreamingBytes = int64_t{32} << 20;
 
 // This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
-int for_each_chunk(int64_t total, int cm, int ldn, int max_touched, int threads, Body body) {
-  return dk::for_each_chunk(total, static_cast<int64_t>(cm) * ldn, threads, [&] { return std::unique_ptr<Scratch>(new Scratch(cm, ldn, max_touched)); }, body);
+int for_each_chunk(int64_t total, int cm, int ldn, int threads, Body body) {
+  return dk::for_each_chunk(total, static_cast<int64_t>(cm) * ldn, threads, [&] { return std::unique_ptr<Scratch>(new Scratch(cm, ldn)); }, body);
 }
 
 }  // namespace
@@ -134,7 +156,7 @@ int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
   const ChunkBases& b = chunk_bases(g.cm, g.cn);
   const int E = g.cm * g.cn;
   const bool streaming = n_chunks(g) * E * 4 >= kStreamingBytes;
-  return for_each_chunk(n_chunks(g), g.cm, b.ldn, 1, threads, [&](Scratch& s, int64_t c) {
+  return for_each_chunk(n_chunks(g), g.cm, b.ldn, threads, [&](Scratch& s, int64_t c) {
     for (int u = 0; u < g.cm; ++u)
       for (int v = 0; v < g.cn; ++v) {
         const float a = coeffs[c * E + u * g.cn + v];
@@ -142,7 +164,7 @@ int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
         s.agg[u * b.ldn + v] = a;
         s.mark(u, v);
       }
-    inverse_to(b, s, sink_for(b, chunk_site(g, c), x, false, streaming));
+    inverse_to(b, s, [](float a, int32_t) { return a; }, sink_for(b, chunk_site(g, c), x, false, streaming));
   });
 }
 
@@ -156,7 +178,7 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
   std::vector<const int32_t*> positions(n_tensors);
   int64_t out_bytes = 0;
   std::vector<int64_t> first_chunk(n_tensors + 1, 0);
-  int max_cm = 1, max_ldn = 8, max_k = 1;
+  int max_cm = 1, max_ldn = 8;
   for (int t = 0; t < n_tensors; ++t) {
     const dk_geometry& g = geoms[t];
     bases[t] = &chunk_bases(g.cm, g.cn);
@@ -169,7 +191,6 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
     first_chunk[t + 1] = first_chunk[t] + n_chunks(g);
     max_cm = std::max(max_cm, g.cm);
     max_ldn = std::max(max_ldn, bases[t]->ldn);
-    max_k = std::max(max_k, k_effs[t]);
     out_bytes += n_chunks(g) * g.cm * g.cn * 4;
   }
   const bool streaming = out_bytes >= kStreamingBytes;
@@ -178,7 +199,7 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
   // Validation runs chunk by chunk in the same parallel pass: a chunk with a bad peer is not
   // aggregated (no out-of-range write), the (tensor, peer) is flagged, and the call fails after.
   std::vector<int> flags(static_cast<size_t>(n_tensors) * n_peers, 0);
-  int status = for_each_chunk(first_chunk[n_tensors], max_cm, max_ldn, n_peers * max_k, threads,
+  int status = for_each_chunk(first_chunk[n_tensors], max_cm, max_ldn, threads,
                               [&](Scratch& s, int64_t global) {
     const int t = static_cast<int>(std::upper_bound(first_chunk.begin(), first_chunk.end(), global) -
                                    first_chunk.begin()) - 1;
@@ -189,6 +210,14 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
     const int64_t first = c * k_eff;
     const int32_t* const* peer_indices = indices + static_cast<int64_t>(t) * n_peers;
     const void* const* peer_values = values + static_cast<int64_t>(t) * n_peers;
+    if (c + 1 < n_chunks(g)) {  // the next chunk's payload rows: 2P streams the prefetcher misses
+      const int64_t next = first + k_eff;
+      for (int p = 0; p < n_peers; ++p) {
+        prefetch_bytes(peer_indices[p] + next, k_eff * 4);
+        if (sign_codec) prefetch_bytes(static_cast<const uint8_t*>(peer_values[p]) + next / 8, k_eff / 8 + 1);
+        else prefetch_bytes(static_cast<const float*>(peer_values[p]) + next, k_eff * 4);
+      }
+    }
     bool chunk_ok = true;
     for (int p = 0; p < n_peers; ++p) {
       const float* f32 = sign_codec ? nullptr : static_cast<const float*>(peer_values[p]) + first;
@@ -200,7 +229,6 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
       }
     }
     if (!chunk_ok) return;
-    int n_touched = 0;
     for (int p = 0; p < n_peers; ++p) {  // ascending peer order: S[j] += v, n[j] += 1
       const int32_t* row = peer_indices[p] + first;
       for (int q = 0; q < k_eff; ++q) {
@@ -215,27 +243,17 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
         } else {
           value = canonical_value(static_cast<const float*>(peer_values[p])[first + q]);
         }
-        if (s.count[pos]++ == 0) {
-          s.touched[n_touched++] = uv;
-          s.mark(u, v);
-        }
+        s.count[pos] += 1;
         s.agg[pos] = s.agg[pos] + value;
+        s.mark(u, v);
       }
     }
-    for (int q = 0; q < n_touched; ++q) {  // A[j] = S[j] / n[j]  (or / P), then flush
-      const int u = s.touched[q] >> 16, v = s.touched[q] & 0xffff;
-      const int32_t pos = u * b.ldn + v;
-      const float divisor = reduce == DK_REDUCE_MEAN ? static_cast<float>(s.count[pos]) : peers;
-      const float mean = s.agg[pos] / divisor;
-      s.count[pos] = 0;
-      if (std::fabs(mean) < kFlushBelow) {  // a zero term: dropped (changes no bit)
-        s.agg[pos] = 0.0f;
-        s.unmark(u, v);
-      } else {
-        s.agg[pos] = mean;
-      }
-    }
-    inverse_to(b, s, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0, streaming));
+    // A[j] = S[j] / n[j] (or / P), then the 2^-55 flush
+    auto finish = [&](float sum, int32_t n) {
+      const float mean = sum / (reduce == DK_REDUCE_MEAN ? static_cast<float>(n) : peers);
+      return std::fabs(mean) < kFlushBelow ? 0.0f : mean;
+    };
+    inverse_to(b, s, finish, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0, streaming));
   });
   for (size_t f = 0; f < flags.size() && status == DK_OK; ++f) {
     if (!flags[f]) continue;  // the lowest tensor, then the lowest peer, is reported

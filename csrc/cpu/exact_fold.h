@@ -74,38 +74,39 @@ inline V fold_term(V acc, V a, V b) {
   return acc + product;
 }
 
-// T[:] (width = NV * 8 floats) = fold over the bits v of mark (words of 64, ascending) of
-// a_row[v] * basis[v][:]. The first stage: a row has as many terms as picked coefficients.
+// out[:] (NV * 8 floats) = fold over the n terms, ascending, of a[t] * basis[v[t]][:]: the first
+// stage, one row of T; a row has as many terms as picked coefficients.
 template <int NV>
-inline void fold_marked_row(const float* a_row, const uint64_t* mark, int words, const float* basis,
-                            int ldb, float* out) {
+inline void fold_terms_block(const int* v, const float* a, int n, const float* basis, int ldb,
+                             float* out) {
   v8f acc[NV];
+#pragma GCC unroll 8
   for (int q = 0; q < NV; ++q) acc[q] = vzero();
-  for (int w = 0; w < words; ++w)
-    for (uint64_t bits = mark[w]; bits; bits &= bits - 1) {
-      const int v = w * 64 + __builtin_ctzll(bits);
-      const v8f a = vsplat(a_row[v]);
-      const float* b = basis + v * ldb;
-      for (int q = 0; q < NV; ++q) acc[q] = fold_term(acc[q], a, vload(b + q * kLanes));
-    }
-  for (int q = 0; q < NV; ++q) vstore(out + q * kLanes, acc[q]);
+  for (int t = 0; t < n; ++t) {
+    const v8f c = broadcast_load<v8f>(a + t);
+    const float* row = basis + v[t] * ldb;
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) acc[q] = fold_term(acc[q], c, exact_load<v8f>(row + q * kLanes));
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < NV; ++q) exact_store(out + q * kLanes, acc[q]);
 }
 
-// out[0:width] for one row, width a multiple of 8, in pieces of up to 64 floats.
-inline void fold_marked(const float* a_row, const uint64_t* mark, int words, const float* basis,
-                        int ldb, float* out, int width) {
+// The same over a whole row of `width` floats (a multiple of 8), in pieces of up to 64.
+inline void fold_terms(const int* v, const float* a, int n, const float* basis, int ldb, float* out,
+                       int width) {
   for (int j = 0; j < width; j += 64) {
     const float* b = basis + j;
     float* o = out + j;
     switch ((width - j) / kLanes) {
-      case 1: fold_marked_row<1>(a_row, mark, words, b, ldb, o); break;
-      case 2: fold_marked_row<2>(a_row, mark, words, b, ldb, o); break;
-      case 3: fold_marked_row<3>(a_row, mark, words, b, ldb, o); break;
-      case 4: fold_marked_row<4>(a_row, mark, words, b, ldb, o); break;
-      case 5: fold_marked_row<5>(a_row, mark, words, b, ldb, o); break;
-      case 6: fold_marked_row<6>(a_row, mark, words, b, ldb, o); break;
-      case 7: fold_marked_row<7>(a_row, mark, words, b, ldb, o); break;
-      default: fold_marked_row<8>(a_row, mark, words, b, ldb, o); break;
+      case 1: fold_terms_block<1>(v, a, n, b, ldb, o); break;
+      case 2: fold_terms_block<2>(v, a, n, b, ldb, o); break;
+      case 3: fold_terms_block<3>(v, a, n, b, ldb, o); break;
+      case 4: fold_terms_block<4>(v, a, n, b, ldb, o); break;
+      case 5: fold_terms_block<5>(v, a, n, b, ldb, o); break;
+      case 6: fold_terms_block<6>(v, a, n, b, ldb, o); break;
+      case 7: fold_terms_block<7>(v, a, n, b, ldb, o); break;
+      default: fold_terms_block<8>(v, a, n, b, ldb, o); break;
     }
   }
 }
