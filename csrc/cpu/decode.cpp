@@ -229,24 +229,45 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
       }
     }
     if (!chunk_ok) return;
-    for (int p = 0; p < n_peers; ++p) {  // ascending peer order: S[j] += v, n[j] += 1
-      const int32_t* row = peer_indices[p] + first;
-      for (int q = 0; q < k_eff; ++q) {
-        const int32_t uv = positions[t][row[q]];
-        const int u = uv >> 16, v = uv & 0xffff;
-        const int32_t pos = u * b.ldn + v;
-        float value;
-        if (sign_codec) {
-          const int64_t bit = first + q;
-          const uint8_t byte = static_cast<const uint8_t*>(peer_values[p])[bit >> 3];
-          value = (byte >> (bit & 7)) & 1 ? -1.0f : 1.0f;
-        } else {
-          value = canonical_value(static_cast<const float*>(peer_values[p])[first + q]);
+    // ascending peer order: S[j] += v, n[j] += 1, mark (u, v); the value codec and the
+    // 64-wide layout (padded position == index, one mark word per row) hoisted out of the loop
+    auto aggregate = [&](auto value_at, auto place) {
+      for (int p = 0; p < n_peers; ++p) {
+        const int32_t* row = peer_indices[p] + first;
+        for (int q = 0; q < k_eff; ++q) {
+          const float value = value_at(p, q);
+          int32_t pos;
+          place(row[q], pos);
+          s.count[pos] += 1;
+          s.agg[pos] = s.agg[pos] + value;
         }
-        s.count[pos] += 1;
-        s.agg[pos] = s.agg[pos] + value;
-        s.mark(u, v);
       }
+    };
+    auto signs = [&](int p, int q) {
+      const int64_t bit = first + q;
+      const uint8_t byte = static_cast<const uint8_t*>(peer_values[p])[bit >> 3];
+      return (byte >> (bit & 7)) & 1 ? -1.0f : 1.0f;
+    };
+    auto floats = [&](int p, int q) {
+      return canonical_value(static_cast<const float*>(peer_values[p])[first + q]);
+    };
+    auto wide = [&](int32_t e, int32_t& pos) {  // cn == ldn == 64
+      pos = e;
+      s.marks[e >> 6] |= uint64_t{1} << (e & 63);
+    };
+    auto general = [&](int32_t e, int32_t& pos) {
+      const int32_t uv = positions[t][e];
+      const int u = uv >> 16, v = uv & 0xffff;
+      pos = u * b.ldn + v;
+      s.mark(u, v);
+    };
+    const bool is_wide = g.cn == 64 && b.ldn == 64 && s.words == 1;
+    if (sign_codec) {
+      if (is_wide) aggregate(signs, wide);
+      else aggregate(signs, general);
+    } else {
+      if (is_wide) aggregate(floats, wide);
+      else aggregate(floats, general);
     }
     // A[j] = S[j] / n[j] (or / P), then the 2^-55 flush
     auto finish = [&](float sum, int32_t n) {
