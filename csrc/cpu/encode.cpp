@@ -226,9 +226,28 @@ inline bool batched_rows(const dk_geometry& g, int32_t grad_dtype) {
   return g.cm == 1 && lee_side(g.cn) && grad_dtype == DK_F32;
 }
 
+// row[:] -= sum over the k picks of value * C_n[v][:] (NV vectors; C_m = [1]), the row held in
+// registers across the picks (fused, encode only).
+template <int NV>
+inline void subtract_picks(float* row, const int32_t* picked, const float* picked_values, int k,
+                           const float* basis, int ldb) {
+  v8f acc[NV];
+#pragma GCC unroll 8
+  for (int q = 0; q < NV; ++q) acc[q] = vload(row + q * kLanes);
+  for (int t = 0; t < k; ++t) {
+    const v8f value = vsplat(picked_values[t]);
+    const float* b = basis + picked[t] * ldb;
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) acc[q] = vfnma(value, vload(b + q * kLanes), acc[q]);
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < NV; ++q) vstore(row + q * kLanes, acc[q]);
+}
+
 // The DeMo step on chunks c0 .. c0 + cn - 1 of a batched_rows tensor: block row r is chunk
 // c0 + r. Forward along n through two transposes (Lee's transform runs along the row index),
-// per-row top-k, and the error feedback of each row's picks, as the one-row product path does.
+// per-row top-k, and the error feedback of each row's picks (the row minus value * C_n[v] per
+// pick, in registers).
 void demo_step_rows(const ChunkBases& b, float* state, const float* grad, float beta, float lr,
                     int k, Scratch& s, int32_t* out_index, float* out_value) {
   const int c = b.cn;  // block side: c rows (chunks) of c elements
@@ -243,16 +262,17 @@ void demo_step_rows(const ChunkBases& b, float* state, const float* grad, float 
   auto row_at = [&](int i, int col) { return load_vec<LeeVec>(transposed + i * c + col); };
   lee_dct_strips_n<LeeVec>(c, row_at, transposed, c, c, DctScale::kOrthonormal);  // [u][r]
   transpose_block(transposed, c, coeffs, c, c, c);                               // [r][u]
-  float* sent = s.sent_rows.data();
   for (int r = 0; r < c; ++r) {
     int32_t* picked = out_index + r * k;
     float* picked_values = out_value + r * k;
     const float* x = coeffs + r * c;
     s.selector.select(x, c, 1, c, k, picked, nullptr);
     for (int q = 0; q < k; ++q) picked_values[q] = x[picked[q]];
-    gather_sent_rows(b, picked, picked_values, k, sent, s.sent_row_ids.data());  // row 0 only
     float* row = block + r * c;
-    for (int j = 0; j < c; j += kLanes) vstore(row + j, vload(row + j) - vload(sent + j));  // C_m = [1]
+    const float* basis = b.cn_rows.data();  // ldn == cn for these sides
+    if (c == 16) subtract_picks<2>(row, picked, picked_values, k, basis, b.ldn);
+    else if (c == 32) subtract_picks<4>(row, picked, picked_values, k, basis, b.ldn);
+    else subtract_picks<8>(row, picked, picked_values, k, basis, b.ldn);
   }
   std::memcpy(state, block, sizeof(float) * c * c);
 }
