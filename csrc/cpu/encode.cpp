@@ -353,10 +353,12 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
     // while this one computes (the last chunk fetches itself again, harmlessly).
     const ChunkSite next = chunk_site(g, std::min(c + 1, n_chunks(g) - 1));
     if (lee_chunk(b)) {
-      // delta = beta * delta + lr * grad inside the first transform stage's loads, and again
-      // (same bits) where the error feedback writes the corrected state straight to the tensor:
-      // cheaper than keeping the block in scratch. Each vector also prefetches the next chunk's
-      // line at the same place (state in the first stage, gradient in the error feedback).
+      // delta = beta * delta + lr * grad inside the first transform stage's loads, stored back
+      // to the state there (its line is in L1 then); the error feedback subtracts what was sent
+      // from that state in place. (Recomputing the update there instead, as before, gave the
+      // same bits for two more loads and two more operations per vector.) Each vector also
+      // prefetches the next chunk's line at the same place (state in the first stage,
+      // gradient in the error feedback).
       float* const state_rows = state + site.offset;
       const float* const grad_rows = direct ? static_cast<const float*>(grads[t]) + site.offset : s.partial.data();
       const int64_t stride = site.stride, grad_stride = direct ? site.stride : b.ldn;
@@ -368,13 +370,15 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
       };
       auto first_stage_row = [=](int i, int col) {
         __builtin_prefetch(next_state_rows + i * stride + col, 0, 2);
-        return update(i, col);
+        const LeeVec updated = update(i, col);
+        store_vec<LeeVec>(state_rows + i * stride + col, updated);  // the line is in L1 now
+        return updated;
       };
       forward_lee(b, first_stage_row, s, s.coeffs.data(), DctScale::kRelative);
       select_chunk(b, s, kk, lee_value_factor(b), out_index, out_value);
       auto store_state = [=](int i, int col, LeeVec sent) {
         __builtin_prefetch(next_grad_rows + (i * stride + col) * grad_bytes, 0, 2);
-        store_vec<LeeVec>(state_rows + i * stride + col, update(i, col) - sent);
+        store_vec<LeeVec>(state_rows + i * stride + col, load_vec<LeeVec>(state_rows + i * stride + col) - sent);
       };
       subtract_sent_lee(b, out_index, out_value, kk, s, store_state);
       return;
