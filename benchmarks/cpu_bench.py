@@ -1,131 +1,181 @@
-"""CPU benchmark: the ``cpu`` backend against the eager ``reference`` in the same run.
+"""CPU benchmark: the ``cpu`` backend against the eager DeMo-style pipeline, side by side.
 
-Prints, per op and shape: median time, GB/s (bytes the op must move at minimum), that as a
-fraction of this machine's copy bandwidth measured in the same run, and the speedup over
-``reference``. A DeMo-style eager encode (matmul DCT + ``torch.topk`` on |X|, DeMo's own
-approach, not tie-exact) is timed too for context.
+Headline: our kernels against ``distro_kernels/baseline.py`` (DeMo's ``demo.py`` in eager torch:
+einsum DCT, ``torch.topk`` on |X|, ``scatter_reduce`` mean, einsum inverse), measured in the same
+process in interleaved rounds (the order flips every round), so machine drift and other load hit
+both sides alike. The exact ``reference`` backend (SPEC 4's canonical folds in eager torch) is a
+second column, timed in the first ``--reference-rounds`` rounds only (it is slow).
 
-    python benchmarks/cpu_bench.py                 # the issue's shapes (several minutes)
-    python benchmarks/cpu_bench.py --quick         # 1024x1024 and a 1-D tensor only
-    python benchmarks/cpu_bench.py --json out.json # also write the table as JSON
+Per shape, three comparisons:
+  encode   ``dk.demo_step_`` vs ``baseline.encode_step`` (momentum, DCT, top-k, error feedback)
+  decode   ``dk.decompress`` of 8 peers + sign vs ``baseline.decode_peers``
+  demo     one ``DeMo`` optimizer step on a model (this weight + 4 small tensors, world size 1)
+           vs ``baseline.EagerDeMoStep`` (``--demo`` shapes only)
+
+Each round times the ``cpu`` side as the median of 3 calls and the eager side once; the table
+gives medians and [min, max] over rounds, and the per-round ratio eager / cpu.
+
+    python benchmarks/cpu_bench.py                   # 4096x4096 (encode, decode, demo), ~2 min
+    python benchmarks/cpu_bench.py --all             # + 11008x4096, 50304x2048, a 4M 1-D tensor
+    python benchmarks/cpu_bench.py --quick           # 1024x1024 and a 1-D tensor
+    python benchmarks/cpu_bench.py --json out.json   # also write every sample as JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import torch
 
 import distro_kernels as dk
-from distro_kernels import reference
-from distro_kernels.chunking import chunk_plan
+from distro_kernels import baseline
+from distro_kernels.optim import DeMo
 
-FULL_SHAPES = [(4096, 4096), (11008, 4096), (50304, 2048), (4 * 1024 * 1024,)]
-QUICK_SHAPES = [(1024, 1024), (262144,)]
+HEADLINE = [(4096, 4096)]
+MORE = [(11008, 4096), (50304, 2048), (4 * 1024 * 1024,)]
+QUICK = [(1024, 1024), (262144,)]
+SMALL_TENSORS = [(4096,), (4096,), (256, 64), (1000,)]  # biases, norms, a small matrix
 PEERS = 8
+K = 32
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (page faults, caches)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def copy_bandwidth() -> float:
-    """GB/s of a 256 MB float32 copy (bytes read + written), as FACTS.md measures it."""
-    src = torch.randn(64 * 1024 * 1024)
-    dst = torch.empty_like(src)
-    seconds = median_time(lambda: dst.copy_(src), 5)
-    return 2 * src.numel() * 4 / seconds / 1e9
+def median_of(fn, n: int) -> float:
+    return statistics.median(seconds(fn) for _ in range(n))
 
 
-def demo_style_encode(delta: torch.Tensor, grad: torch.Tensor, k: int) -> None:
-    """DeMo's eager encode for context: matmul DCT, torch.topk on |X|, matmul inverse."""
-    plan = chunk_plan(delta.shape)
-    delta.mul_(0.999).add_(grad, alpha=1.0)
-    coeffs = reference.dct(delta, plan)
-    picked = torch.topk(coeffs.abs(), plan.k_eff(k), dim=1, sorted=False).indices
-    sent = torch.zeros_like(coeffs).scatter_(1, picked, torch.gather(coeffs, 1, picked))
-    delta.sub_(reference._idct_fast(sent, plan).reshape(delta.shape))
+class Case:
+    """One comparison: callables per side, timed in interleaved rounds."""
+
+    def __init__(self, name: str, shape, sides: dict, slow: set):
+        self.name, self.shape, self.sides, self.slow = name, shape, sides, slow
+        self.samples = {side: [] for side in sides}
+
+    def run(self, rounds: int, reference_rounds: int) -> None:
+        for fn in self.sides.values():  # warm-up: page faults, caches, lazy bases
+            fn()
+        for r in range(rounds):
+            order = list(self.sides) if r % 2 == 0 else list(reversed(self.sides))
+            for side in order:
+                if side == "reference" and r >= reference_rounds:
+                    continue
+                fn = self.sides[side]
+                self.samples[side].append(seconds(fn) if side in self.slow else median_of(fn, 3))
+
+    def rows(self) -> list[dict]:
+        cpu = self.samples["cpu"]
+        out = []
+        for side, values in self.samples.items():
+            if not values:
+                continue
+            # paired ratios: a round's eager time over the same round's cpu time
+            ratios = [v / c for v, c in zip(values, cpu)]
+            out.append({
+                "case": self.name, "shape": "x".join(map(str, self.shape)), "side": side,
+                "rounds": len(values), "ms_median": 1e3 * statistics.median(values),
+                "ms_min": 1e3 * min(values), "ms_max": 1e3 * max(values),
+                "x_cpu_median": statistics.median(ratios), "x_cpu_min": min(ratios),
+                "x_cpu_max": max(ratios), "samples_ms": [1e3 * v for v in values],
+            })
+        return out
 
 
-def make_peers(shape, k: int):
-    peers = []
-    for p in range(PEERS):
-        g = torch.Generator().manual_seed(p)
-        peers.append(dk.compress(torch.randn(shape, generator=g), k=k, backend="cpu"))
-    return [i for i, _ in peers], [v for _, v in peers]
-
-
-def bench_shape(shape, k: int, repeats: int, ref_repeats: int, bandwidth: float) -> list[dict]:
-    numel = torch.Size(shape).numel()
-    rows = []
+def encode_case(shape) -> Case:
     grad = torch.randn(shape)
-    times = {}
-    for backend in ("cpu", "reference"):
-        delta = torch.randn(shape) * 0.01
-        reps = repeats if backend == "cpu" else ref_repeats
-        times[backend] = median_time(lambda: dk.demo_step_(delta, grad, k=k, backend=backend), reps)
-    delta = torch.randn(shape) * 0.01
-    times["demo-style eager"] = median_time(lambda: demo_style_encode(delta, grad, k), ref_repeats)
-    step_bytes = numel * 12  # read grad, read + write the state
-    for backend, seconds in times.items():
-        rows.append(_row("demo_step_", shape, backend, seconds, step_bytes, bandwidth, times["reference"]))
-    indices, values = make_peers(shape, k)
-    dec = {}
-    for backend in ("cpu", "reference"):
-        reps = repeats if backend == "cpu" else ref_repeats
-        dec[backend] = median_time(lambda: dk.decompress(indices, values, shape, backend=backend), reps)
-    dec_bytes = numel * 4 + sum(i.numel() * 8 for i in indices)  # write y, read the payloads
-    for backend, seconds in dec.items():
-        rows.append(_row(f"decompress P={PEERS}", shape, backend, seconds, dec_bytes, bandwidth, dec["reference"]))
-    return rows
+    ours, eager, exact = (torch.randn(shape) * 0.01 for _ in range(3))
+    return Case("encode step", shape, {
+        "cpu": lambda: dk.demo_step_(ours, grad, k=K, backend="cpu"),
+        "eager DeMo": lambda: baseline.encode_step(eager, grad, 0.999, 1.0, K),
+        "reference": lambda: dk.demo_step_(exact, grad, k=K, backend="reference"),
+    }, slow={"eager DeMo", "reference"})
 
 
-def _row(op, shape, backend, seconds, nbytes, bandwidth, reference_seconds) -> dict:
-    gbs = nbytes / seconds / 1e9
-    return {
-        "op": op, "shape": "x".join(map(str, shape)), "backend": backend,
-        "ms": seconds * 1e3, "GB/s": gbs, "of_copy_bw": gbs / bandwidth,
-        "speedup_vs_reference": reference_seconds / seconds,
-    }
+def decode_case(shape) -> Case:
+    xs = [torch.randn(shape, generator=torch.Generator().manual_seed(p)) for p in range(PEERS)]
+    ours = [dk.compress(x, k=K, backend="cpu") for x in xs]
+    eager = [baseline.compress(x, K) for x in xs]
+    idx, val = [i for i, _ in ours], [v for _, v in ours]
+    e_idx, e_val = [i for i, _ in eager], [v for _, v in eager]
+    return Case(f"decode {PEERS} peers + sign", shape, {
+        "cpu": lambda: dk.decompress(idx, val, shape, sign=True, backend="cpu"),
+        "eager DeMo": lambda: baseline.decode_peers(e_idx, e_val, shape, sign=True),
+        "reference": lambda: dk.decompress(idx, val, shape, sign=True, backend="reference"),
+    }, slow={"eager DeMo", "reference"})
 
 
-def print_table(rows: list[dict], bandwidth: float) -> None:
-    print(f"\nthreads={torch.get_num_threads()}  copy bandwidth={bandwidth:.1f} GB/s  "
-          f"cpu kernels={dk.info()['cpu_kernel']}")
-    header = f"{'op':<16}{'shape':<14}{'backend':<18}{'ms':>10}{'GB/s':>8}{'%copy':>7}{'vs ref':>9}"
+def demo_case(shape) -> Case:
+    shapes = [shape] + SMALL_TENSORS
+    grads = [torch.randn(s) for s in shapes]
+
+    def model():
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)) * 0.02)
+                  for i, s in enumerate(shapes)]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        return params
+
+    ours, eager = DeMo(model(), lr=1e-3, backend="cpu"), baseline.EagerDeMoStep(model(), lr=1e-3)
+    n = sum(torch.Size(s).numel() for s in shapes)
+    return Case(f"DeMo step ({len(shapes)} tensors, {n / 1e6:.1f}M)", shape,
+                {"cpu": ours.step, "eager DeMo": eager.step}, slow={"eager DeMo"})
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def print_rows(rows: list[dict]) -> None:
+    header = (f"{'case':<34}{'shape':<12}{'side':<12}{'n':>3}{'ms median':>11}{'[min, max]':>20}"
+              f"{'x cpu':>8}{'[min, max]':>16}")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['op']:<16}{r['shape']:<14}{r['backend']:<18}{r['ms']:>10.1f}{r['GB/s']:>8.2f}"
-              f"{100 * r['of_copy_bw']:>6.0f}%{r['speedup_vs_reference']:>8.1f}x")
+        ratio = "" if r["side"] == "cpu" else f"{r['x_cpu_median']:>7.1f}x [{r['x_cpu_min']:.1f}, {r['x_cpu_max']:.1f}]"
+        print(f"{r['case']:<34}{r['shape']:<12}{r['side']:<12}{r['rounds']:>3}{r['ms_median']:>11.1f}"
+              f"{'[%.1f, %.1f]' % (r['ms_min'], r['ms_max']):>20} {ratio}")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small shapes only")
-    parser.add_argument("--k", type=int, default=32, help="coefficients kept per chunk (default 32)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of the cpu backend")
-    parser.add_argument("--ref-repeats", type=int, default=1, help="timed runs of the slow paths")
-    parser.add_argument("--json", help="also write the rows as JSON to this path")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--quick", action="store_true", help="1024x1024 and a 1-D tensor only")
+    parser.add_argument("--all", action="store_true", help="also 11008x4096, 50304x2048, 4M 1-D")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--reference-rounds", type=int, default=1,
+                        help="rounds that also time the exact reference backend (default 1; 0: none)")
+    parser.add_argument("--json", help="also write the rows (with every sample) to this path")
     args = parser.parse_args(argv)
-    bandwidth = copy_bandwidth()
+    shapes = QUICK if args.quick else HEADLINE + (MORE if args.all else [])
+    demo_shapes = shapes[:1]
+    print(f"threads={torch.get_num_threads()}  cpu kernels={dk.info()['cpu_kernel']}  "
+          f"rounds={args.rounds}  load average at start: {load_average()}")
     rows = []
-    for shape in QUICK_SHAPES if args.quick else FULL_SHAPES:
-        rows += bench_shape(shape, args.k, args.repeats, args.ref_repeats, bandwidth)
-        print_table(rows[-5:], bandwidth)
-    print_table(rows, bandwidth)
+    for shape in shapes:
+        cases = [encode_case(shape), decode_case(shape)] + ([demo_case(shape)] if shape in demo_shapes else [])
+        for case in cases:
+            case.run(args.rounds, args.reference_rounds)
+            rows += case.rows()
+            print_rows(case.rows())
+            print()
+    print(f"load average at end: {load_average()}\n")
+    print_rows(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"copy_bandwidth_gbs": bandwidth, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+            json.dump({"threads": torch.get_num_threads(), "cpu_kernel": dk.info()["cpu_kernel"],
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

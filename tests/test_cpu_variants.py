@@ -1,5 +1,6 @@
 """Every compiled CPU kernel set (generic, AVX2, AVX-512) decodes to the same bits and encodes
-within SPEC 6, on the matrix-product chunk sides and on the fast-DCT ones (16, 32, 64).
+within SPEC 6, on the matrix-product chunk sides and on the fast-DCT ones (16, 32, 64), and on
+1-D tensors long enough for the batched path (blocks of cn chunks of cn elements) plus a tail.
 
 Dispatch picks the best set for the machine, so the others are forced per process with
 ``DISTRO_KERNELS_CPU_VARIANT`` and compared in subprocesses.
@@ -13,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from conftest import HAS_CPU
+from conftest import HAS_CPU, randn
+from test_demo_step import check_step
 
 pytestmark = pytest.mark.skipif(not HAS_CPU, reason="needs the cpu backend")
 
@@ -21,7 +23,8 @@ SCRIPT = r"""
 import hashlib, json, sys, torch, distro_kernels as dk
 out = {"variant": dk.info()["cpu_kernel"], "decode": [], "encode": [], "dct_err": []}
 for seed, shape, chunk in [(0, (96, 128), 64), (1, (3, 29, 48), 64), (2, (130,), 32), (3, (64, 64), 16),
-                           (4, (128, 192), 64), (5, (2, 64, 96), 32)]:
+                           (4, (128, 192), 64), (5, (2, 64, 96), 32), (6, (2 * 4096 + 3 * 64,), 64),
+                           (7, (3 * 256 + 16,), 16), (8, (32 * 32 + 32,), 32)]:
     g = torch.Generator().manual_seed(seed)
     peers = [dk.compress(torch.randn(shape, generator=g), k=7, chunk=chunk, backend="reference") for _ in range(3)]
     idx, val = [p[0] for p in peers], [p[1] for p in peers]
@@ -59,3 +62,13 @@ def test_kernel_sets_decode_identically_and_encode_within_spec():
             assert i_a == i_b  # random data: no near-ties at this size
             assert torch.allclose(torch.tensor(v_a), torch.tensor(v_b), rtol=1e-5, atol=1e-6)
             assert torch.allclose(torch.tensor(d_a), torch.tensor(d_b), rtol=1e-4, atol=1e-5)
+
+
+# 1-D tensors of whole blocks (cn chunks of cn elements, the batched path) plus single chunks,
+# against SPEC 3 in float64 (selection up to near-ties, values and error feedback within 1e-5);
+# bf16 gradients take the one-chunk path.
+@pytest.mark.parametrize("n, chunk", [(2 * 4096 + 3 * 64, 64), (3 * 256 + 16, 16), (32 * 32 + 32, 32), (4096, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_1d_step_within_spec(n, chunk, dtype):
+    delta0, grad = randn((n,), n, scale=0.5), randn((n,), n + 1, dtype)
+    check_step(delta0, grad, 0.9, 0.5, 7, chunk, "cpu")

@@ -5,6 +5,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "../include/distro_kernels.h"
 #include "basis.h"
 #include "geometry.h"
@@ -49,6 +53,28 @@ bool cpu_has_avx512() {
 #define DK_DISPATCH(fn, ...) dk::generic::fn(__VA_ARGS__)
 #endif
 
+// A decode output is usually fresh memory (torch.empty maps it on each call): its first write
+// takes a page fault per 4 KiB, which for a 64 MiB output cost more CPU time than the decode
+// (42 ms vs 8 ms measured here with huge pages). Advising transparent huge pages before that
+// write makes it 2 MiB faults; it changes nothing for memory already in use. Linux only; only
+// the 2 MiB-aligned interior of outputs of 8 MiB and more.
+void advise_huge_pages(void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  if (bytes < (int64_t{8} << 20)) return;
+  const uintptr_t start = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
+  if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_HUGEPAGE);  // advice only
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+int64_t output_bytes(const dk_geometry& g) {
+  return g.batch * g.chunks_m * g.chunks_n * static_cast<int64_t>(g.cm) * g.cn * 4;
+}
+
 int threads_or_default(int32_t threads) { return threads > 0 ? threads : 1; }
 bool dtype_ok(int32_t dtype) { return dtype == DK_F32 || dtype == DK_BF16 || dtype == DK_F16; }
 
@@ -69,6 +95,7 @@ int dk_dct(const void* x, int32_t dtype, const dk_geometry* g, float* coeffs, in
 
 int dk_idct(const float* coeffs, const dk_geometry* g, float* x, int32_t threads) {
   if (!x || !coeffs || !dk::geometry_ok(g)) return DK_ERR_ARGUMENT;
+  advise_huge_pages(x, output_bytes(*g));
   return DK_DISPATCH(idct, coeffs, *g, x, threads_or_default(threads));
 }
 
@@ -116,6 +143,7 @@ int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const*
     for (int p = 0; p < n_peers; ++p)
       if (!indices[t * n_peers + p] || !values[t * n_peers + p]) return DK_ERR_ARGUMENT;
   }
+  for (int t = 0; t < n_tensors; ++t) advise_huge_pages(outs[t], output_bytes(geoms[t]));
   int32_t ignored_tensor = -1, ignored_peer = -1;
   return DK_DISPATCH(decompress, n_tensors, n_peers, indices, values, value_codec, geoms, k_used.data(),
                      reduce, apply_sign, outs, threads_or_default(threads),

@@ -1,7 +1,8 @@
 // Decode kernels (SPEC section 4), bit-exact: float32 aggregation of the peers in list order,
 // then the canonical inverse DCT with separately rounded multiplies and adds in ascending
-// order. Terms whose multiplicand is zero are skipped (SPEC 4.3: from +0 this changes no bit),
-// which makes the first fold cost O(kept coefficients) instead of O(E * c).
+// order (exact_fold.h). Terms whose multiplicand is zero are skipped (SPEC 4.3: from +0 this
+// changes no bit): the first stage folds only the picked coefficients, the second only the rows
+// that have one. The second stage writes each output vector once, straight to the tensor.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,7 +12,7 @@
 #include <vector>
 
 #include "basis.h"
-#include "gemm.h"
+#include "exact_fold.h"
 #include "geometry.h"
 #include "kernels.h"
 #include "parallel.h"
@@ -24,15 +25,19 @@ namespace {
 constexpr float kFlushBelow = 2.7755575615628914e-17f;  // 2^-55
 
 struct Scratch {
+  int words;                      // 64-bit mark words per coefficient row
   AlignedBuffer<float> agg;       // A (cm x ldn), all +0 between chunks
   AlignedBuffer<int32_t> count;   // n[j] per padded position, all 0 between chunks
-  AlignedBuffer<float> partial;   // T (cm x ldn)
-  AlignedBuffer<float> out_rows;  // y (cm x ldn)
-  std::vector<int32_t> touched;   // padded positions written this chunk
-  std::vector<int> row_terms, rows;
-  Scratch(int cm, int ldn, int max_touched)
-      : agg(cm * ldn), count(cm * ldn), partial(cm * ldn), out_rows(cm * ldn),
-        touched(max_touched), row_terms(ldn), rows(cm) {}
+  AlignedBuffer<float> partial;   // T (cm x ldn): its nonzero rows, compacted
+  AlignedBuffer<float> basis;     // the rows of C_m that match them (cm x ldm)
+  AlignedBuffer<uint64_t> marks;  // bit v of row u: A[u, v] is a term; all 0 between chunks
+  std::vector<int> rows;          // rows u of T with a term, ascending
+  std::vector<int> term_v;        // one row's terms: v and A[u, v]
+  AlignedBuffer<float> term_a;
+  Scratch(int cm, int ldn)
+      : words((ldn + 63) / 64), agg(cm * ldn), count(cm * ldn), partial(cm * ldn),
+        basis(cm * ((cm + 7) / 8 * 8)), marks(cm * words), rows(cm), term_v(ldn), term_a(ldn) {}
+  void mark(int u, int v) { marks[u * words + (v >> 6)] |= uint64_t{1} << (v & 63); }
 };
 
 constexpr int kRangeBad = 1, kOrderBad = 2, kValueBad = 4;
@@ -52,50 +57,97 @@ int check_chunk(const int32_t* row, const float* values, int k, int E) {
   return flags;
 }
 
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* at = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(at + off, 0, 3);
+  __builtin_prefetch(at + bytes - 1, 0, 3);
+}
+
 inline float canonical_value(float v) { return std::fabs(v) < kFlushBelow ? 0.0f : v; }
 
-// Canonical inverse of the aggregate in s.agg (cleared on return); writes y into s.out_rows.
-// Returns false when the chunk is all zero (then s.out_rows is not written).
-bool canonical_inverse(const ChunkBases& b, Scratch& s) {
+// The first stage on the marked positions of s.agg: for each row u with a mark,
+// T[u, :] = fold over v ascending of A[u, v] * C_n[v, :], with A[u, v] = finish(S, n) from
+// the sums and counts there (a zero A is no term); T rows are stored compacted (row r for the
+// r-th such u, listed in s.rows). Clears the sums, counts and marks. Returns the row count.
+template <class Finish>
+int first_stage(const ChunkBases& b, Scratch& s, Finish finish) {
   int n_rows = 0;
   for (int u = 0; u < b.cm; ++u) {
-    float* a_row = s.agg.data() + u * b.ldn;
+    uint64_t* mark = s.marks.data() + u * s.words;
+    float* sums = s.agg.data() + u * b.ldn;
+    int32_t* counts = s.count.data() + u * b.ldn;
     int n_terms = 0;
-    for (int v = 0; v < b.cn; ++v)
-      if (a_row[v] != 0.0f) s.row_terms[n_terms++] = v;
+    for (int w = 0; w < s.words; ++w) {
+      for (uint64_t bits = mark[w]; bits; bits &= bits - 1) {
+        const int v = w * 64 + __builtin_ctzll(bits);
+        const float a = finish(sums[v], counts[v]);
+        sums[v] = 0.0f;
+        counts[v] = 0;
+        if (a != 0.0f) {
+          s.term_v[n_terms] = v;
+          s.term_a[n_terms++] = a;
+        }
+      }
+      mark[w] = 0;
+    }
     if (!n_terms) continue;
-    // T[u, :] = fold over v ascending of A[u, v] * C_n[v, :]
-    fold_exact(a_row, 0, b.cn_rows.data(), b.ldn, s.partial.data() + u * b.ldn, b.ldn, 1,
-               s.row_terms.data(), n_terms, b.ldn);
-    std::memset(a_row, 0, sizeof(float) * b.ldn);
+    fold_terms(s.term_v.data(), s.term_a.data(), n_terms, b.cn_rows.data(), b.ldn,
+               s.partial.data() + n_rows * b.ldn, b.ldn);
     s.rows[n_rows++] = u;
   }
-  if (!n_rows) return false;
-  // y[i, :] = fold over u ascending of C_m[u, i] * T[u, :]
-  fold_exact(b.cm_cols.data(), b.ldm, s.partial.data(), b.ldn, s.out_rows.data(), b.ldn, b.cm,
-             s.rows.data(), n_rows, b.ldn);
-  return true;
+  return n_rows;
 }
 
-void store_chunk(const ChunkBases& b, const ChunkSite& site, bool nonzero, bool apply_sign,
-                 const float* rows, float* out) {
-  for (int i = 0; i < b.cm; ++i) {
-    float* dst = out + site.offset + i * site.stride;
-    if (!nonzero) {
-      std::memset(dst, 0, sizeof(float) * b.cn);
-    } else if (apply_sign) {
-      const float* src = rows + i * b.ldn;
-      for (int j = 0; j < b.cn; ++j) dst[j] = src[j] > 0.0f ? 1.0f : (src[j] < 0.0f ? -1.0f : 0.0f);
-    } else {
-      std::memcpy(dst, rows + i * b.ldn, sizeof(float) * b.cn);
+// Where the second stage's vectors go: row i, columns j.. of the chunk in the output tensor,
+// as sign(y) or y; lanes past the chunk's cn are dropped.
+struct OutputSink {
+  float* base;     // the chunk's (0, 0)
+  int64_t stride;  // floats between rows
+  int cn;
+  bool apply_sign, streaming;
+  template <class V>
+  inline __attribute__((always_inline)) void operator()(int i, int j, V y) {
+    constexpr int L = sizeof(V) / sizeof(float);
+    if (apply_sign) y = sign_of(y);
+    float* dst = base + i * stride + j;
+    if (j + L <= cn) {
+      if (!(streaming && stream_store(dst, y))) exact_store(dst, y);
+    } else if (j < cn) {
+      float lanes[L];
+      exact_store(lanes, y);
+      std::memcpy(dst, lanes, sizeof(float) * (cn - j));
     }
   }
+};
+
+// The canonical inverse (SPEC 4.3) of the marked sums in s.agg, finished by finish(S, n),
+// written to the output.
+template <class Finish>
+void inverse_to(const ChunkBases& b, Scratch& s, Finish finish, OutputSink sink) {
+  const int n_rows = first_stage(b, s, finish);
+  const float* basis = b.cm_rows.data();
+  if (n_rows < b.cm) {  // the C_m rows of the compacted T rows
+    for (int r = 0; r < n_rows; ++r)
+      std::memcpy(s.basis.data() + r * b.ldm, basis + s.rows[r] * b.ldm, sizeof(float) * b.ldm);
+    basis = s.basis.data();
+  }
+  fold_columns(basis, b.ldm, b.cm, s.partial.data(), b.ldn, b.ldn, n_rows, sink);
+  if (sink.streaming) stream_fence();
 }
+
+OutputSink sink_for(const ChunkBases& b, const ChunkSite& site, float* out, bool apply_sign,
+                    bool streaming) {
+  return OutputSink{out + site.offset, site.stride, b.cn, apply_sign, streaming};
+}
+
+// Streaming stores pay when the output is far larger than the caches (it would be evicted
+// before anyone reads it); smaller outputs stay cached for the caller.
+constexpr int64_t kStreamingBytes = int64_t{32} << 20;
 
 // This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
-int for_each_chunk(int64_t total, int cm, int ldn, int max_touched, int threads, Body body) {
-  return dk::for_each_chunk(total, static_cast<int64_t>(cm) * ldn, threads, [&] { return std::unique_ptr<Scratch>(new Scratch(cm, ldn, max_touched)); }, body);
+int for_each_chunk(int64_t total, int cm, int ldn, int threads, Body body) {
+  return dk::for_each_chunk(total, static_cast<int64_t>(cm) * ldn, threads, [&] { return std::unique_ptr<Scratch>(new Scratch(cm, ldn)); }, body);
 }
 
 }  // namespace
@@ -103,11 +155,16 @@ int for_each_chunk(int64_t total, int cm, int ldn, int max_touched, int threads,
 int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
   const ChunkBases& b = chunk_bases(g.cm, g.cn);
   const int E = g.cm * g.cn;
-  return for_each_chunk(n_chunks(g), g.cm, b.ldn, 1, threads, [&](Scratch& s, int64_t c) {
+  const bool streaming = n_chunks(g) * E * 4 >= kStreamingBytes;
+  return for_each_chunk(n_chunks(g), g.cm, b.ldn, threads, [&](Scratch& s, int64_t c) {
     for (int u = 0; u < g.cm; ++u)
-      for (int v = 0; v < g.cn; ++v) s.agg[u * b.ldn + v] = coeffs[c * E + u * g.cn + v];
-    const bool nonzero = canonical_inverse(b, s);
-    store_chunk(b, chunk_site(g, c), nonzero, false, s.out_rows.data(), x);
+      for (int v = 0; v < g.cn; ++v) {
+        const float a = coeffs[c * E + u * g.cn + v];
+        if (a == 0.0f) continue;  // a zero term changes no bit (SPEC 4.3)
+        s.agg[u * b.ldn + v] = a;
+        s.mark(u, v);
+      }
+    inverse_to(b, s, [](float a, int32_t) { return a; }, sink_for(b, chunk_site(g, c), x, false, streaming));
   });
 }
 
@@ -115,32 +172,34 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
                const void* const* values, int value_codec, const dk_geometry* geoms,
                const int32_t* k_effs, int reduce, int apply_sign, float* const* outs,
                int threads, int32_t* bad_tensor, int32_t* bad_peer) {
-  // Per-tensor tables: bases (process-wide cache) and the e -> padded-position map.
+  // Per-tensor tables: bases (process-wide cache) and the e -> (u << 16 | v) map.
   std::map<std::pair<int, int>, std::vector<int32_t>> position_cache;
   std::vector<const ChunkBases*> bases(n_tensors);
   std::vector<const int32_t*> positions(n_tensors);
+  int64_t out_bytes = 0;
   std::vector<int64_t> first_chunk(n_tensors + 1, 0);
-  int max_cm = 1, max_ldn = 8, max_k = 1;
+  int max_cm = 1, max_ldn = 8;
   for (int t = 0; t < n_tensors; ++t) {
     const dk_geometry& g = geoms[t];
     bases[t] = &chunk_bases(g.cm, g.cn);
     auto& table = position_cache[{g.cm, g.cn}];
     if (table.empty()) {
       table.resize(g.cm * g.cn);
-      for (int e = 0; e < g.cm * g.cn; ++e) table[e] = (e / g.cn) * bases[t]->ldn + e % g.cn;
+      for (int e = 0; e < g.cm * g.cn; ++e) table[e] = (e / g.cn) << 16 | e % g.cn;
     }
     positions[t] = table.data();
     first_chunk[t + 1] = first_chunk[t] + n_chunks(g);
     max_cm = std::max(max_cm, g.cm);
     max_ldn = std::max(max_ldn, bases[t]->ldn);
-    max_k = std::max(max_k, k_effs[t]);
+    out_bytes += n_chunks(g) * g.cm * g.cn * 4;
   }
+  const bool streaming = out_bytes >= kStreamingBytes;
   const float peers = static_cast<float>(n_peers);
   const bool sign_codec = value_codec == DK_VALUES_SIGN;
   // Validation runs chunk by chunk in the same parallel pass: a chunk with a bad peer is not
   // aggregated (no out-of-range write), the (tensor, peer) is flagged, and the call fails after.
   std::vector<int> flags(static_cast<size_t>(n_tensors) * n_peers, 0);
-  int status = for_each_chunk(first_chunk[n_tensors], max_cm, max_ldn, n_peers * max_k, threads,
+  int status = for_each_chunk(first_chunk[n_tensors], max_cm, max_ldn, threads,
                               [&](Scratch& s, int64_t global) {
     const int t = static_cast<int>(std::upper_bound(first_chunk.begin(), first_chunk.end(), global) -
                                    first_chunk.begin()) - 1;
@@ -151,6 +210,14 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
     const int64_t first = c * k_eff;
     const int32_t* const* peer_indices = indices + static_cast<int64_t>(t) * n_peers;
     const void* const* peer_values = values + static_cast<int64_t>(t) * n_peers;
+    if (c + 1 < n_chunks(g)) {  // the next chunk's payload rows: 2P streams the prefetcher misses
+      const int64_t next = first + k_eff;
+      for (int p = 0; p < n_peers; ++p) {
+        prefetch_bytes(peer_indices[p] + next, k_eff * 4);
+        if (sign_codec) prefetch_bytes(static_cast<const uint8_t*>(peer_values[p]) + next / 8, k_eff / 8 + 1);
+        else prefetch_bytes(static_cast<const float*>(peer_values[p]) + next, k_eff * 4);
+      }
+    }
     bool chunk_ok = true;
     for (int p = 0; p < n_peers; ++p) {
       const float* f32 = sign_codec ? nullptr : static_cast<const float*>(peer_values[p]) + first;
@@ -162,32 +229,52 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
       }
     }
     if (!chunk_ok) return;
-    int n_touched = 0;
-    for (int p = 0; p < n_peers; ++p) {  // ascending peer order: S[j] += v, n[j] += 1
-      const int32_t* row = peer_indices[p] + first;
-      for (int q = 0; q < k_eff; ++q) {
-        const int32_t pos = positions[t][row[q]];
-        float value;
-        if (sign_codec) {
-          const int64_t bit = first + q;
-          const uint8_t byte = static_cast<const uint8_t*>(peer_values[p])[bit >> 3];
-          value = (byte >> (bit & 7)) & 1 ? -1.0f : 1.0f;
-        } else {
-          value = canonical_value(static_cast<const float*>(peer_values[p])[first + q]);
+    // ascending peer order: S[j] += v, n[j] += 1, mark (u, v); the value codec and the
+    // 64-wide layout (padded position == index, one mark word per row) hoisted out of the loop
+    auto aggregate = [&](auto value_at, auto place) {
+      for (int p = 0; p < n_peers; ++p) {
+        const int32_t* row = peer_indices[p] + first;
+        for (int q = 0; q < k_eff; ++q) {
+          const float value = value_at(p, q);
+          int32_t pos;
+          place(row[q], pos);
+          s.count[pos] += 1;
+          s.agg[pos] = s.agg[pos] + value;
         }
-        if (s.count[pos]++ == 0) s.touched[n_touched++] = pos;
-        s.agg[pos] = s.agg[pos] + value;
       }
+    };
+    auto signs = [&](int p, int q) {
+      const int64_t bit = first + q;
+      const uint8_t byte = static_cast<const uint8_t*>(peer_values[p])[bit >> 3];
+      return (byte >> (bit & 7)) & 1 ? -1.0f : 1.0f;
+    };
+    auto floats = [&](int p, int q) {
+      return canonical_value(static_cast<const float*>(peer_values[p])[first + q]);
+    };
+    auto wide = [&](int32_t e, int32_t& pos) {  // cn == ldn == 64
+      pos = e;
+      s.marks[e >> 6] |= uint64_t{1} << (e & 63);
+    };
+    auto general = [&](int32_t e, int32_t& pos) {
+      const int32_t uv = positions[t][e];
+      const int u = uv >> 16, v = uv & 0xffff;
+      pos = u * b.ldn + v;
+      s.mark(u, v);
+    };
+    const bool is_wide = g.cn == 64 && b.ldn == 64 && s.words == 1;
+    if (sign_codec) {
+      if (is_wide) aggregate(signs, wide);
+      else aggregate(signs, general);
+    } else {
+      if (is_wide) aggregate(floats, wide);
+      else aggregate(floats, general);
     }
-    for (int q = 0; q < n_touched; ++q) {  // A[j] = S[j] / n[j]  (or / P), then flush
-      const int32_t pos = s.touched[q];
-      const float divisor = reduce == DK_REDUCE_MEAN ? static_cast<float>(s.count[pos]) : peers;
-      const float mean = s.agg[pos] / divisor;
-      s.agg[pos] = std::fabs(mean) < kFlushBelow ? 0.0f : mean;
-      s.count[pos] = 0;
-    }
-    const bool nonzero = canonical_inverse(b, s);
-    store_chunk(b, chunk_site(g, c), nonzero, apply_sign != 0, s.out_rows.data(), outs[t]);
+    // A[j] = S[j] / n[j] (or / P), then the 2^-55 flush
+    auto finish = [&](float sum, int32_t n) {
+      const float mean = sum / (reduce == DK_REDUCE_MEAN ? static_cast<float>(n) : peers);
+      return std::fabs(mean) < kFlushBelow ? 0.0f : mean;
+    };
+    inverse_to(b, s, finish, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0, streaming));
   });
   for (size_t f = 0; f < flags.size() && status == DK_OK; ++f) {
     if (!flags[f]) continue;  // the lowest tensor, then the lowest peer, is reported

@@ -212,6 +212,71 @@ void subtract_sent(const ChunkBases& b, const int32_t* picked, const float* pick
     }
 }
 
+template <class V>
+inline V splat(float x) {
+  V v;
+  for (int l = 0; l < static_cast<int>(sizeof(V) / sizeof(float)); ++l) v[l] = x;
+  return v;
+}
+
+// 1-D tensors (cm == 1) with a fast-DCT side: a chunk is one short row, and chunk c sits at
+// element c * cn, so cn consecutive chunks form one contiguous cn x cn block. It runs as one
+// unit (one transform pass over the block instead of cn one-row products: ~4x here).
+inline bool batched_rows(const dk_geometry& g, int32_t grad_dtype) {
+  return g.cm == 1 && lee_side(g.cn) && grad_dtype == DK_F32;
+}
+
+// row[:] -= sum over the k picks of value * C_n[v][:] (NV vectors; C_m = [1]), the row held in
+// registers across the picks (fused, encode only).
+template <int NV>
+inline void subtract_picks(float* row, const int32_t* picked, const float* picked_values, int k,
+                           const float* basis, int ldb) {
+  v8f acc[NV];
+#pragma GCC unroll 8
+  for (int q = 0; q < NV; ++q) acc[q] = vload(row + q * kLanes);
+  for (int t = 0; t < k; ++t) {
+    const v8f value = vsplat(picked_values[t]);
+    const float* b = basis + picked[t] * ldb;
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) acc[q] = vfnma(value, vload(b + q * kLanes), acc[q]);
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < NV; ++q) vstore(row + q * kLanes, acc[q]);
+}
+
+// The DeMo step on chunks c0 .. c0 + cn - 1 of a batched_rows tensor: block row r is chunk
+// c0 + r. Forward along n through two transposes (Lee's transform runs along the row index),
+// per-row top-k, and the error feedback of each row's picks (the row minus value * C_n[v] per
+// pick, in registers).
+void demo_step_rows(const ChunkBases& b, float* state, const float* grad, float beta, float lr,
+                    int k, Scratch& s, int32_t* out_index, float* out_value) {
+  const int c = b.cn;  // block side: c rows (chunks) of c elements
+  float* block = s.block.data();
+  float* transposed = s.half_a.data();
+  float* coeffs = s.coeffs.data();
+  const LeeVec beta_v = splat<LeeVec>(beta), lr_v = splat<LeeVec>(lr);
+  constexpr int L = sizeof(LeeVec) / sizeof(float);
+  for (int e = 0; e < c * c; e += L)
+    store_vec<LeeVec>(block + e, beta_v * load_vec<LeeVec>(state + e) + lr_v * load_vec<LeeVec>(grad + e));
+  transpose_block(block, c, transposed, c, c, c);  // transposed[j][r] = x_r[j]
+  auto row_at = [&](int i, int col) { return load_vec<LeeVec>(transposed + i * c + col); };
+  lee_dct_strips_n<LeeVec>(c, row_at, transposed, c, c, DctScale::kOrthonormal);  // [u][r]
+  transpose_block(transposed, c, coeffs, c, c, c);                               // [r][u]
+  for (int r = 0; r < c; ++r) {
+    int32_t* picked = out_index + r * k;
+    float* picked_values = out_value + r * k;
+    const float* x = coeffs + r * c;
+    s.selector.select(x, c, 1, c, k, picked, nullptr);
+    for (int q = 0; q < k; ++q) picked_values[q] = x[picked[q]];
+    float* row = block + r * c;
+    const float* basis = b.cn_rows.data();  // ldn == cn for these sides
+    if (c == 16) subtract_picks<2>(row, picked, picked_values, k, basis, b.ldn);
+    else if (c == 32) subtract_picks<4>(row, picked, picked_values, k, basis, b.ldn);
+    else subtract_picks<8>(row, picked, picked_values, k, basis, b.ldn);
+  }
+  std::memcpy(state, block, sizeof(float) * c * c);
+}
+
 // Runs body(scratch, chunk) over every chunk in parallel; returns DK_ERR_ALLOC on failure.
 // This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
@@ -247,41 +312,53 @@ int compress(const void* x, int32_t dtype, const dk_geometry& g, int k_eff, int3
 int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
               const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr, int k,
               int32_t* indices, float* values, int threads) {
+  // Work units: a chunk, or (batched_rows tensors) a block of cn chunks; a tensor's full blocks
+  // come first, then its remaining chunks one by one.
   std::vector<const ChunkBases*> bases(n_tensors);
-  std::vector<int64_t> first_chunk(n_tensors + 1, 0), first_out(n_tensors + 1, 0);
+  std::vector<int64_t> first_unit(n_tensors + 1, 0), first_out(n_tensors + 1, 0), blocks(n_tensors, 0);
   std::vector<int> k_eff(n_tensors);
   int max_c = 1, max_k = 1;
   for (int t = 0; t < n_tensors; ++t) {
     const dk_geometry& g = geoms[t];
     bases[t] = &chunk_bases(g.cm, g.cn);
     k_eff[t] = std::min(k, g.cm * g.cn);
-    first_chunk[t + 1] = first_chunk[t] + n_chunks(g);
+    if (batched_rows(g, grad_dtypes[t])) blocks[t] = n_chunks(g) / g.cn;
+    first_unit[t + 1] = first_unit[t] + n_chunks(g) - blocks[t] * (g.cn - 1);
     first_out[t + 1] = first_out[t] + n_chunks(g) * k_eff[t];
     max_c = std::max({max_c, g.cm, g.cn});
     max_k = std::max(max_k, k_eff[t]);
   }
-  return for_each_chunk(first_chunk[n_tensors], max_c, max_k, threads, [&](Scratch& s, int64_t global) {
-    const int t = static_cast<int>(std::upper_bound(first_chunk.begin(), first_chunk.end(), global) -
-                                   first_chunk.begin()) - 1;
-    const int64_t c = global - first_chunk[t];
+  return for_each_chunk(first_unit[n_tensors], max_c, max_k, threads, [&](Scratch& s, int64_t global) {
+    const int t = static_cast<int>(std::upper_bound(first_unit.begin(), first_unit.end(), global) -
+                                   first_unit.begin()) - 1;
+    const int64_t unit = global - first_unit[t];
     const dk_geometry& g = geoms[t];
     const ChunkBases& b = *bases[t];
+    const int kk = k_eff[t];
+    if (unit < blocks[t]) {
+      const int64_t c0 = unit * g.cn;
+      demo_step_rows(b, deltas[t] + c0 * g.cn, static_cast<const float*>(grads[t]) + c0 * g.cn, beta, lr,
+                     kk, s, indices + first_out[t] + c0 * kk, values + first_out[t] + c0 * kk);
+      return;
+    }
+    const int64_t c = unit + blocks[t] * (g.cn - 1);
     const ChunkSite site = chunk_site(g, c);
     float* state = deltas[t];
     float* block = s.block.data();
     const bool direct = grad_dtypes[t] == DK_F32 && g.cn % kLanes == 0;
     if (!direct) load_block(grads[t], grad_dtypes[t], site, b, s.partial.data());
-    const int kk = k_eff[t];
     int32_t* out_index = indices + first_out[t] + c * kk;
     float* out_value = values + first_out[t] + c * kk;
     // Chunks come in runs of 16 per thread, so c + 1 is usually next: its rows are fetched
     // while this one computes (the last chunk fetches itself again, harmlessly).
     const ChunkSite next = chunk_site(g, std::min(c + 1, n_chunks(g) - 1));
     if (lee_chunk(b)) {
-      // delta = beta * delta + lr * grad inside the first transform stage's loads, and again
-      // (same bits) where the error feedback writes the corrected state straight to the tensor:
-      // cheaper than keeping the block in scratch. Each vector also prefetches the next chunk's
-      // line at the same place (state in the first stage, gradient in the error feedback).
+      // delta = beta * delta + lr * grad inside the first transform stage's loads, stored back
+      // to the state there (its line is in L1 then); the error feedback subtracts what was sent
+      // from that state in place. (Recomputing the update there instead, as before, gave the
+      // same bits for two more loads and two more operations per vector.) Each vector also
+      // prefetches the next chunk's line at the same place (state in the first stage,
+      // gradient in the error feedback).
       float* const state_rows = state + site.offset;
       const float* const grad_rows = direct ? static_cast<const float*>(grads[t]) + site.offset : s.partial.data();
       const int64_t stride = site.stride, grad_stride = direct ? site.stride : b.ldn;
@@ -293,13 +370,15 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
       };
       auto first_stage_row = [=](int i, int col) {
         __builtin_prefetch(next_state_rows + i * stride + col, 0, 2);
-        return update(i, col);
+        const LeeVec updated = update(i, col);
+        store_vec<LeeVec>(state_rows + i * stride + col, updated);  // the line is in L1 now
+        return updated;
       };
       forward_lee(b, first_stage_row, s, s.coeffs.data(), DctScale::kRelative);
       select_chunk(b, s, kk, lee_value_factor(b), out_index, out_value);
       auto store_state = [=](int i, int col, LeeVec sent) {
         __builtin_prefetch(next_grad_rows + (i * stride + col) * grad_bytes, 0, 2);
-        store_vec<LeeVec>(state_rows + i * stride + col, update(i, col) - sent);
+        store_vec<LeeVec>(state_rows + i * stride + col, load_vec<LeeVec>(state_rows + i * stride + col) - sent);
       };
       subtract_sent_lee(b, out_index, out_value, kk, s, store_state);
       return;

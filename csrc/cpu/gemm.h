@@ -1,7 +1,7 @@
-// Small register-blocked products on padded chunk rows (8-float vectors).
-//   gemm_fma:   C[r][:] (+)= sum_t A[r][t] * B[t][:]   fused multiply-add (encode only)
-//   fold_exact: C[r][:]  = fold over t in `terms`, ascending, of (acc + A[r][t] * B[t][:])
-//               with a separately rounded multiply and add: SPEC 4.3's canonical order.
+// Small register-blocked products on padded chunk rows, with fused multiply-adds: encode only
+// (SPEC 2 allows any rounding there). The decode's exact folds are in exact_fold.h.
+//   gemm_fma:       C[r][:] (+)= sum_t A[r][t] * B[t][:]
+//   gemm_fma_terms: the same over a few chosen t
 #pragma once
 
 #include <cstring>
@@ -191,103 +191,6 @@ inline void gemm_fma_terms(const float* A, int lda, const float* B, int ldb, flo
       case 3: fma_terms_rows<3, ACCUMULATE>(A, lda, b, ldb, c, ldc, R, terms, n_terms); break;
       default: fma_terms_rows<4, ACCUMULATE>(A, lda, b, ldb, c, ldc, R, terms, n_terms); break;
     }
-  }
-}
-
-template <int ROWS, int NVB>
-inline void exact_block(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
-                        const int* terms, int n_terms) {
-  v8f acc[ROWS][NVB];
-  for (int r = 0; r < ROWS; ++r)
-    for (int q = 0; q < NVB; ++q) acc[r][q] = vzero();  // +0
-  for (int s = 0; s < n_terms; ++s) {
-    const int t = terms[s];
-    v8f b[NVB];
-    for (int q = 0; q < NVB; ++q) b[q] = vload(B + t * ldb + q * kLanes);
-    for (int r = 0; r < ROWS; ++r) {
-      const v8f a = vsplat(A[r * lda + t]);
-      for (int q = 0; q < NVB; ++q) {
-        const v8f product = a * b[q];  // rounded
-        acc[r][q] = acc[r][q] + product;  // rounded (no contraction: -ffp-contract=off)
-      }
-    }
-  }
-  for (int r = 0; r < ROWS; ++r)
-    for (int q = 0; q < NVB; ++q) vstore(C + r * ldc + q * kLanes, acc[r][q]);
-}
-
-template <int ROWS>
-inline void exact_rows(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
-                       const int* terms, int n_terms, int nvb) {
-  switch (nvb) {
-    case 1: exact_block<ROWS, 1>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
-    case 2: exact_block<ROWS, 2>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
-    case 3: exact_block<ROWS, 3>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
-    default: exact_block<ROWS, 4>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
-  }
-}
-
-#if defined(__AVX512F__)
-template <int ROWS, int NVB>
-inline void exact_block16(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
-                          const int* terms, int n_terms) {
-  v16f acc[ROWS][NVB];
-  for (int r = 0; r < ROWS; ++r)
-    for (int q = 0; q < NVB; ++q) acc[r][q] = v16f{};  // +0
-  for (int s = 0; s < n_terms; ++s) {
-    const int t = terms[s];
-    v16f b[NVB];
-    for (int q = 0; q < NVB; ++q) b[q] = vload16(B + t * ldb + q * 16);
-    for (int r = 0; r < ROWS; ++r) {
-      const v16f a = (v16f)_mm512_set1_ps(A[r * lda + t]);
-      for (int q = 0; q < NVB; ++q) {
-        const v16f product = a * b[q];    // rounded
-        acc[r][q] = acc[r][q] + product;  // rounded (no contraction: -ffp-contract=off)
-      }
-    }
-  }
-  for (int r = 0; r < ROWS; ++r)
-    for (int q = 0; q < NVB; ++q) vstore16(C + r * ldc + q * 16, acc[r][q]);
-}
-
-template <int ROWS>
-inline void exact_rows16(const float* A, int lda, const float* B, int ldb, float* C, int ldc,
-                         const int* terms, int n_terms, int nvb) {
-  switch (nvb) {
-    case 1: exact_block16<ROWS, 1>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
-    case 2: exact_block16<ROWS, 2>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
-    case 3: exact_block16<ROWS, 3>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
-    default: exact_block16<ROWS, 4>(A, lda, B, ldb, C, ldc, terms, n_terms); break;
-  }
-}
-#endif
-
-inline void fold_exact(const float* A, int lda, const float* B, int ldb, float* C, int ldc, int R,
-                       const int* terms, int n_terms, int width) {
-#if defined(__AVX512F__)
-  if (width % 16 == 0) {  // same folds, same order, on 16-float registers
-    const int nv16 = width / 16;
-    for (int q0 = 0; q0 < nv16; q0 += 4) {
-      const int nvb = nv16 - q0 < 4 ? nv16 - q0 : 4;
-      int r = 0;
-      for (; r + 4 <= R; r += 4)
-        exact_rows16<4>(A + r * lda, lda, B + q0 * 16, ldb, C + r * ldc + q0 * 16, ldc, terms, n_terms, nvb);
-      for (; r < R; ++r)
-        exact_rows16<1>(A + r * lda, lda, B + q0 * 16, ldb, C + r * ldc + q0 * 16, ldc, terms, n_terms, nvb);
-    }
-    return;
-  }
-#endif
-  const int nv = width / kLanes;
-  for (int q0 = 0; q0 < nv; q0 += 4) {
-    const int nvb = nv - q0 < 4 ? nv - q0 : 4;
-    int r = 0;
-    for (; r + 2 <= R; r += 2)
-      exact_rows<2>(A + r * lda, lda, B + q0 * kLanes, ldb, C + r * ldc + q0 * kLanes, ldc, terms,
-                    n_terms, nvb);
-    if (r < R)
-      exact_rows<1>(A + r * lda, lda, B + q0 * kLanes, ldb, C + r * ldc + q0 * kLanes, ldc, terms,
-                    n_terms, nvb);
   }
 }
 
