@@ -36,8 +36,10 @@ export DK_ZIG
 DK_ZIG=$("$PYTHON" -c 'import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')
 export DK_ZIG_TARGET="${ARCH}-linux-gnu.${GLIBC}"
 ARGS="-DCMAKE_C_COMPILER=$ROOT/scripts/zig-cc -DCMAKE_CXX_COMPILER=$ROOT/scripts/zig-c++"
-# zig links libc++ statically; keep its symbols out of the extension's dynamic symbol table.
-ARGS="$ARGS -DCMAKE_SHARED_LINKER_FLAGS=-Wl,--exclude-libs,ALL"
+# zig links libc++ statically: export only the Python entry point and the C ABI, so no libc++
+# (or kernel-internal) symbol is visible to, or bound by, the rest of the process.
+LINK="-Wl,--version-script=$ROOT/scripts/zig-exports.map"
+ARGS="$ARGS -DCMAKE_MODULE_LINKER_FLAGS=$LINK -DCMAKE_SHARED_LINKER_FLAGS=$LINK"
 EXPECT_GPU=()
 if command -v nvcc >/dev/null || command -v hipcc >/dev/null; then
   if [[ -e "$ROOT/csrc/cuda/CMakeLists.txt" && "${CMAKE_ARGS:-}" != *DK_BUILD_CUDA=OFF* ]]; then
@@ -58,7 +60,8 @@ echo "build_wheel.sh: zig $("$DK_ZIG" version) -> $DK_ZIG_TARGET, platform $PLAT
 "$PYTHON" -m pip wheel "$ROOT" --no-deps --no-build-isolation --disable-pip-version-check -w "$TMP/raw" \
   -C "build-dir=${DK_BUILD_DIR:-$ROOT/build/zig-{wheel_tag}}"
 RAW=$(ls "$TMP"/raw/*.whl)
-"$PYTHON" -m auditwheel repair --plat "$PLAT" -w "$TMP/repaired" "$RAW"
+# --only-plat: tag what zig targeted, not the lower glibc the symbol versions alone would allow.
+"$PYTHON" -m auditwheel repair --plat "$PLAT" --only-plat -w "$TMP/repaired" "$RAW"
 WHEEL=$(ls "$TMP"/repaired/*.whl)
 "$PYTHON" -m auditwheel show "$WHEEL"
 "$PYTHON" "$ROOT/scripts/check_wheel.py" "$WHEEL" --source "$ROOT" --max-glibc "$GLIBC" "${EXPECT_GPU[@]}"
