@@ -7,6 +7,7 @@
 
 #include "../include/distro_kernels.h"
 #include "basis.h"
+#include "cpu_features.h"
 #include "geometry.h"
 #include "kernels.h"
 #include "parallel.h"
@@ -22,7 +23,7 @@ const char* variant_cap() {
 bool cpu_has_avx2() {
 #if defined(DK_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))
   static const bool has = std::strcmp(variant_cap(), "generic") != 0 &&
-                          __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+                          dk::x86_features().avx2 && dk::x86_features().fma;
   return has;
 #else
   return false;
@@ -32,8 +33,8 @@ bool cpu_has_avx2() {
 bool cpu_has_avx512() {
 #if defined(DK_HAVE_AVX512_KERNELS) && (defined(__x86_64__) || defined(__i386__))
   static const bool has = cpu_has_avx2() && std::strcmp(variant_cap(), "avx2") != 0 &&
-                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512dq");
+                          dk::x86_features().avx512f && dk::x86_features().avx512vl &&
+                          dk::x86_features().avx512dq;
   return has;
 #else
   return false;
