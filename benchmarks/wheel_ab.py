@@ -80,6 +80,11 @@ def main() -> None:
               f"{statistics.median(res['decompress_8']):13.1f}"
               f"   (range {min(res['demo_step_']):.1f}-{max(res['demo_step_']):.1f} / "
               f"{min(res['decompress_8']):.1f}-{max(res['decompress_8']):.1f})")
+    first = next(iter(results))
+    print(f"\nper-round ratio to {first} (median over rounds; < 1 is faster):")
+    for name, res in list(results.items())[1:]:
+        ratios = {k: statistics.median(a / b for a, b in zip(res[k], results[first][k])) for k in res}
+        print(f"{name:>10} {ratios['demo_step_']:12.3f} {ratios['decompress_8']:13.3f}")
 
 
 if __name__ == "__main__":
