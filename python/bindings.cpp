@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "distro_kernels.h"
+#include "../csrc/cpu/cpu_features.h"
 
 namespace py = pybind11;
 using Geometry = std::tuple<int64_t, int64_t, int64_t, int32_t, int32_t>;
@@ -98,16 +99,11 @@ PYBIND11_MODULE(_C, m) {
     py::dict features;
     features["kernel_variant"] = std::string(dk_kernel_variant());
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    features["avx2"] = static_cast<bool>(__builtin_cpu_supports("avx2"));
-    features["fma"] = static_cast<bool>(__builtin_cpu_supports("fma"));
-    features["avx512f"] = static_cast<bool>(__builtin_cpu_supports("avx512f"));
+    features["avx2"] = dk::x86_features().avx2;
+    features["fma"] = dk::x86_features().fma;
+    features["avx512f"] = dk::x86_features().avx512f;
 #endif
-#if defined(_OPENMP)
-    features["openmp"] = true;
-#else
-    features["openmp"] = false;
-#endif
+    features["threading"] = "thread pool";  // csrc/cpu/thread_pool.cpp (not OpenMP)
     return features;
   });
 }

@@ -11,8 +11,10 @@
 
 #include "../include/distro_kernels.h"
 #include "basis.h"
+#include "cpu_features.h"
 #include "geometry.h"
 #include "kernels.h"
+#include "parallel.h"
 
 namespace {
 
@@ -25,7 +27,7 @@ const char* variant_cap() {
 bool cpu_has_avx2() {
 #if defined(DK_HAVE_AVX2_KERNELS) && (defined(__x86_64__) || defined(__i386__))
   static const bool has = std::strcmp(variant_cap(), "generic") != 0 &&
-                          __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+                          dk::x86_features().avx2 && dk::x86_features().fma;
   return has;
 #else
   return false;
@@ -35,8 +37,8 @@ bool cpu_has_avx2() {
 bool cpu_has_avx512() {
 #if defined(DK_HAVE_AVX512_KERNELS) && (defined(__x86_64__) || defined(__i386__))
   static const bool has = cpu_has_avx2() && std::strcmp(variant_cap(), "avx2") != 0 &&
-                          __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512dq");
+                          dk::x86_features().avx512f && dk::x86_features().avx512vl &&
+                          dk::x86_features().avx512dq;
   return has;
 #else
   return false;
@@ -153,21 +155,23 @@ int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const*
 int dk_pack_signs(const float* values, int64_t n, uint8_t* out, int32_t threads) {
   if (n < 0 || (n && (!values || !out))) return DK_ERR_ARGUMENT;
   const int64_t n_bytes = (n + 7) / 8;
-#pragma omp parallel for num_threads(threads_or_default(threads)) schedule(static) if (n_bytes > 65536)
-  for (int64_t byte = 0; byte < n_bytes; ++byte) {
-    uint8_t packed = 0;
-    const int64_t first = byte * 8;
-    const int count = static_cast<int>(std::min<int64_t>(8, n - first));
-    for (int bit = 0; bit < count; ++bit) packed |= static_cast<uint8_t>(std::signbit(values[first + bit])) << bit;
-    out[byte] = packed;
-  }
+  dk::parallel_for(n_bytes, threads_or_default(threads), 65536, [&](int64_t begin, int64_t end) {
+    for (int64_t byte = begin; byte < end; ++byte) {
+      uint8_t packed = 0;
+      const int64_t first = byte * 8;
+      const int count = static_cast<int>(std::min<int64_t>(8, n - first));
+      for (int bit = 0; bit < count; ++bit) packed |= static_cast<uint8_t>(std::signbit(values[first + bit])) << bit;
+      out[byte] = packed;
+    }
+  });
   return DK_OK;
 }
 
 int dk_unpack_signs(const uint8_t* packed, int64_t n, float* out, int32_t threads) {
   if (n < 0 || (n && (!packed || !out))) return DK_ERR_ARGUMENT;
-#pragma omp parallel for num_threads(threads_or_default(threads)) schedule(static) if (n > 524288)
-  for (int64_t i = 0; i < n; ++i) out[i] = (packed[i >> 3] >> (i & 7)) & 1 ? -1.0f : 1.0f;
+  dk::parallel_for(n, threads_or_default(threads), 524288, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) out[i] = (packed[i >> 3] >> (i & 7)) & 1 ? -1.0f : 1.0f;
+  });
   return DK_OK;
 }
 

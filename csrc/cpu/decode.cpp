@@ -223,8 +223,7 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
       const float* f32 = sign_codec ? nullptr : static_cast<const float*>(peer_values[p]) + first;
       const int bad = check_chunk(peer_indices[p] + first, f32, k_eff, E);
       if (bad) {
-#pragma omp atomic
-        flags[static_cast<size_t>(t) * n_peers + p] |= bad;
+        dk::atomic_or(flags[static_cast<size_t>(t) * n_peers + p], bad);
         chunk_ok = false;
       }
     }
