@@ -11,7 +11,8 @@
 # and cmake + ninja on PATH. Where nvcc/hipcc are found, csrc/cuda's code objects go into the
 # wheel as package data; nvcc keeps the system gcc as its host compiler, never zig.
 # Environment: DK_GLIBC (default 2.28), DK_BUILD_DIR (CMake build folder, default
-# build/zig-<tag> in the checkout), CMAKE_ARGS (appended). Prints the wheel's path last.
+# build/zig-glibc<version>-<tag> in the checkout: the glibc target is not part of CMake's
+# cache, so each target gets its own folder), CMAKE_ARGS (appended). Prints the wheel's path last.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,12 +59,12 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 echo "build_wheel.sh: zig $("$DK_ZIG" version) -> $DK_ZIG_TARGET, platform $PLAT"
 "$PYTHON" -m pip wheel "$ROOT" --no-deps --no-build-isolation --disable-pip-version-check -w "$TMP/raw" \
-  -C "build-dir=${DK_BUILD_DIR:-$ROOT/build/zig-{wheel_tag}}"
+  -C "build-dir=${DK_BUILD_DIR:-$ROOT/build/zig-glibc$GLIBC-{wheel_tag}}"
 RAW=$(ls "$TMP"/raw/*.whl)
 # --only-plat: tag what zig targeted, not the lower glibc the symbol versions alone would allow.
 "$PYTHON" -m auditwheel repair --plat "$PLAT" --only-plat -w "$TMP/repaired" "$RAW"
 WHEEL=$(ls "$TMP"/repaired/*.whl)
 "$PYTHON" -m auditwheel show "$WHEEL"
-"$PYTHON" "$ROOT/scripts/check_wheel.py" "$WHEEL" --source "$ROOT" --max-glibc "$GLIBC" "${EXPECT_GPU[@]}"
+"$PYTHON" "$ROOT/scripts/check_wheel.py" "$WHEEL" --source "$ROOT" --max-glibc "$GLIBC" ${EXPECT_GPU[@]+"${EXPECT_GPU[@]}"}
 cp "$WHEEL" "$OUT/"
 echo "$OUT/$(basename "$WHEEL")"

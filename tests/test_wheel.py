@@ -63,6 +63,10 @@ def wheel(tmp_path_factory) -> str:
 
 
 def _glibc_of_tag(tag: str) -> tuple[int, int]:
+    legacy = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+    for name, glibc in legacy.items():
+        if tag.startswith(name + "_"):
+            return glibc
     m = re.fullmatch(r"manylinux_(\d+)_(\d+)_\w+", tag)
     assert m, tag
     return int(m.group(1)), int(m.group(2))
