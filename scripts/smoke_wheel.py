@@ -73,7 +73,8 @@ def main() -> None:
     ap.add_argument("--no-demo", action="store_true", help="skip the tiny 2-peer demo run")
     args = ap.parse_args()
     info = dk.info()
-    check("cpu" in info["backends"], f"cpu backend not available: {info['unavailable']}")
+    check(info["devices"]["cpu"]["default"] == "native",
+          f"native CPU kernels not the CPU default: {info['devices']['cpu']}")
     from distro_kernels._ext import cpu_ext
 
     package_dir = os.path.dirname(os.path.abspath(dk.__file__))
@@ -90,13 +91,14 @@ def main() -> None:
     if not args.no_demo:
         cmd = [sys.executable, "-m", "distro_kernels", "demo", "--peers", "2", "--steps", "2",
                "--only", "demo", "--layers", "1", "--d-model", "32", "--heads", "2", "--context", "16",
-               "--batch", "2", "--eval-batches", "1", "--eval-every", "0", "--no-progress", "--backend", "cpu"]
+               "--batch", "2", "--eval-batches", "1", "--eval-every", "0", "--no-progress", "--backend", "native"]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         check(run.returncode == 0, f"demo failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
         check("final held-out loss" in run.stdout, f"demo printed no results:\n{run.stdout}")
         demo = " ".join(cmd[1:])
     print(json.dumps({"ok": True, "package": package_dir, "extension": os.path.basename(cpu_ext.__file__),
-                      "backends": info["backends"], "cpu_kernel": info["cpu_kernel"], "threads": threads,
+                      "backends": info["backends"], "cpu_default": info["devices"]["cpu"]["default"],
+                      "cpu_kernel": info["cpu_kernel"], "threads": threads,
                       "gpu_objects": gpu_objects, "demo": demo}))
 
 

@@ -22,10 +22,12 @@ import torch
 
 import distro_kernels.cuda as dk_cuda
 from distro_kernels import reference
-from distro_kernels.basis import canonical_basis_np
 from distro_kernels.chunking import chunk_plan
 from distro_kernels.cuda import backend as cb
 from distro_kernels.cuda import runtime, sim
+from backend_oracles import (  # noqa: E402
+    _check_selection, _dct64, _idct64, _oracles, _payload, _randn, _rel, assert_same_bits,
+)
 
 CI = os.environ.get("CI") == "true"
 HAS_GPU = torch.cuda.is_available()
@@ -78,89 +80,6 @@ IDS = [f"{s}-c{c}-{p}" for s, c, p in SHAPES]
 
 def _gpu_extra(device):
     return GPU_SHAPES if device.type == "cuda" else []
-
-
-def _gen(seed):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
-def _randn(shape, seed, dtype=torch.float32):
-    return torch.randn(tuple(shape), generator=_gen(seed), dtype=torch.float64).to(dtype)
-
-
-def _bits(t):
-    return t.detach().cpu().contiguous().view(torch.int32)
-
-
-def assert_same_bits(got, expected):
-    assert got.dtype == torch.float32 and expected.dtype == torch.float32
-    assert tuple(got.shape) == tuple(expected.shape), (tuple(got.shape), tuple(expected.shape))
-    gb, eb = _bits(got).reshape(-1), _bits(expected).reshape(-1)
-    bad = torch.nonzero(gb != eb).flatten()
-    if bad.numel():
-        pairs = [(j, got.reshape(-1)[j].item(), expected.reshape(-1)[j].item()) for j in bad[:5].tolist()]
-        raise AssertionError(f"{bad.numel()} of {gb.numel()} differ in bits: {pairs}")
-
-
-def _oracles():
-    """The reference, and the compiled CPU kernels once built (under either module name)."""
-    out = [reference]
-    from distro_kernels._ext import CPU_EXT_ERROR, cpu_ext
-
-    if cpu_ext is not None:
-        try:
-            from distro_kernels import native_cpu as cpu_kernels
-        except ImportError:
-            from distro_kernels import cpu_backend as cpu_kernels
-        out.append(cpu_kernels)
-    elif CI:
-        pytest.fail(f"CI=true but the CPU kernels are not built: {CPU_EXT_ERROR}")
-    return out
-
-
-# ----------------------------------------------------------------------------- float64 model
-
-
-def _dct64(x, plan):
-    cm, cn = canonical_basis_np(plan.cm).astype(np.float64), canonical_basis_np(plan.cn).astype(np.float64)
-    blocks = reference.to_chunks(reference.pad_to_plan(x.detach().cpu().double(), plan), plan)
-    return np.einsum("ui,cij,vj->cuv", cm, blocks.numpy(), cn).reshape(plan.n_chunks, -1)
-
-
-def _idct64(coeffs, plan):
-    cm, cn = canonical_basis_np(plan.cm).astype(np.float64), canonical_basis_np(plan.cn).astype(np.float64)
-    blocks = np.einsum("ui,cuv,vj->cij", cm, coeffs.reshape(plan.n_chunks, plan.cm, plan.cn), cn)
-    out = reference.from_chunks(torch.from_numpy(np.ascontiguousarray(blocks)), plan)
-    return reference.crop_to_shape(out, plan).numpy()
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    num = np.linalg.norm(a - b)
-    return 0.0 if num == 0 else num / np.linalg.norm(b)
-
-
-def _check_selection(indices, values, x64, k_eff):
-    """SPEC 6: the float64 top-k (ties: smaller index) except near-ties; indices strictly
-    ascending; values are the coefficients there."""
-    idx = indices.cpu().numpy().astype(np.int64)
-    val = values.cpu().numpy().astype(np.float64)
-    assert idx.shape == (x64.shape[0], k_eff)
-    assert np.all(np.diff(idx, axis=1) > 0), "indices not strictly ascending"
-    mags = np.abs(x64)
-    for row in range(x64.shape[0]):
-        order = np.lexsort((np.arange(mags.shape[1]), -mags[row]))
-        expected, got = set(order[:k_eff].tolist()), set(idx[row].tolist())
-        kth = mags[row, order[k_eff - 1]]
-        for j in expected ^ got:
-            assert abs(mags[row, j] - kth) <= 1e-4 * kth + 1e-30, (row, j, mags[row, j], kth)
-        scale = np.linalg.norm(x64[row]) + 1e-30
-        assert np.max(np.abs(val[row] - x64[row, idx[row]])) <= 1e-5 * scale
-
-
-# ----------------------------------------------------------------------------- encode
 
 
 @pytest.mark.parametrize("shape,chunk,policy", SHAPES, ids=IDS)
@@ -285,33 +204,6 @@ def test_demo_step_agrees_with_reference(device):
 
 
 # ----------------------------------------------------------------------------- decode
-
-
-def _payload(plan, k, peers, codec, seed):
-    """Peers' (indices, values): sorted distinct indices overlapping between peers, values
-    spanning magnitudes, with -0, sub-flush (< 2^-55) values and exact cancellations."""
-    g = _gen(seed)
-    k_eff = plan.k_eff(k)
-    indices_list, values_list = [], []
-    base = torch.randn(plan.n_chunks, k_eff, generator=g)
-    for peer in range(peers):
-        scores = torch.rand(plan.n_chunks, plan.elements_per_chunk, generator=g)
-        idx = torch.sort(scores.argsort(dim=1)[:, :k_eff], dim=1).values.to(torch.int32)
-        scale = 10.0 ** torch.randint(-4, 4, (plan.n_chunks, k_eff), generator=g).float()
-        vals = torch.randn(plan.n_chunks, k_eff, generator=g) * scale
-        flat = vals.view(-1)
-        flat[::7] = -0.0
-        flat[3::11] = 1e-18
-        flat[5::13] = 3e-17
-        sign = -1 if peer % 2 else 1
-        vals = torch.where(torch.arange(k_eff) % 3 == 0, sign * base, vals)
-        if codec == "sign":
-            vals = reference.pack_signs(vals)
-        elif codec in ("bf16", "f16"):  # what ops hands the backend after the codec rounding
-            vals = vals.to(torch.bfloat16 if codec == "bf16" else torch.float16)
-        indices_list.append(idx)
-        values_list.append(vals)
-    return indices_list, values_list
 
 
 DECODE_CASES = [  # (codec, reduce, sign, peers, k)

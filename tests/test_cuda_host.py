@@ -163,7 +163,10 @@ def test_registration_on_this_machine():
     if torch.cuda.is_available():
         pytest.skip("GPU machine: registration is checked by test_cuda_backend.py")
     assert dk_cuda.CUDA_ERROR
-    assert dk_cuda.registry.unavailable[dk_cuda.UNAVAILABLE_KEY] == dk_cuda.CUDA_ERROR
+    from distro_kernels import dispatch
+
+    assert dispatch.unavailable["native:cuda"] == dk_cuda.CUDA_ERROR
+    assert "cuda" not in dispatch.device_types("native")
     if torch.version.cuda is None and torch.version.hip is None:
         assert "CPU-only" in dk_cuda.CUDA_ERROR
     info = dk_cuda.describe()

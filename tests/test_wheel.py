@@ -170,4 +170,4 @@ def test_installed_wheel_runs_without_compiler_or_checkout(wheel, tmp_path):
     report = json.loads(run.stdout.strip().splitlines()[-1])
     venv = str(tmp_path / "venv")
     assert report["ok"] and report["package"].startswith(venv), report  # the wheel, not the checkout
-    assert "cpu" in report["backends"] and report["demo"], report
+    assert "native" in report["backends"] and report["cpu_default"] == "native" and report["demo"], report
