@@ -40,7 +40,8 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from loopback_workers import master_store, run_workers
 
 WORLD = 4
 BAD = 3
@@ -312,26 +313,9 @@ def run():
     manifest = signing.Manifest({p: pub for p, (_, pub) in keys.items()}, coordinator=0)
     raw_keys = {p: k.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw,
                                    ser.NoEncryption()).hex() for p, (k, _) in keys.items()}
-    master = dist.TCPStore("127.0.0.1", 0, None, is_master=True,
-                           timeout=timedelta(seconds=60), wait_for_workers=False)
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "distro_kernels.wire",
-                                "distro_kernels.transport", "test_wire_helpers"])
-    procs = [ctx.Process(target=_worker, args=(r, master.port, raw_keys[r], manifest.to_json()),
-                         daemon=True) for r in range(WORLD)]
-    t0 = time.monotonic()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=max(1.0, 120 - (time.monotonic() - t0)))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    logs = {}
-    for r in range(WORLD):
-        assert master.check([f"result/{r}"]), f"worker {r} reported nothing"
-        logs[r] = json.loads(master.get(f"result/{r}"))
-        assert "error" not in logs[r], (r, logs[r].get("error"))
+    master = master_store()
+    args = [(r, master.port, raw_keys[r], manifest.to_json()) for r in range(WORLD)]
+    logs = run_workers(_worker, args, master, 120)
     logs["manifest"] = manifest.to_json()
     return logs
 

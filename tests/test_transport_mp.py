@@ -31,7 +31,8 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from loopback_workers import master_store, run_workers
 
 WORLD = 4
 DEADLINE = 3.0
@@ -164,29 +165,8 @@ def _worker(rank: int, world: int, port: int) -> None:
 
 @pytest.fixture(scope="module")
 def run():
-    master = dist.TCPStore("127.0.0.1", 0, None, is_master=True,
-                           timeout=timedelta(seconds=60), wait_for_workers=False)
-    # forkserver: one fresh server process imports torch and the package once, then forks
-    # the four workers (each spawn would import torch again on a 2-core machine)
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "distro_kernels.wire",
-                                "distro_kernels.transport", "test_wire_helpers"])
-    procs = [ctx.Process(target=_worker, args=(r, WORLD, master.port), daemon=True)
-             for r in range(WORLD)]
-    t0 = time.monotonic()
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=max(1.0, 150 - (time.monotonic() - t0)))
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    logs = {}
-    for r in range(WORLD):
-        assert master.check([f"result/{r}"]), f"worker {r} reported nothing"
-        logs[r] = json.loads(master.get(f"result/{r}"))
-        assert "error" not in logs[r], (r, logs[r].get("error"))
-    return logs
+    master = master_store()
+    return run_workers(_worker, [(r, WORLD, master.port) for r in range(WORLD)], master, 150)
 
 
 def test_every_peer_receives_every_other_peers_exact_bytes(run):

@@ -226,8 +226,8 @@ class DeMo(torch.optim.Optimizer):
         named = [(n, p) for n, p in self._named_params() if p.grad is not None]
         if not named:
             return None
-        finite = torch.stack([torch.isfinite(p.grad).all().to("cpu", non_blocking=True)
-                              for _, p in named])
+        flags = [torch.isfinite(p.grad).all() for _, p in named]
+        finite = torch.stack([f.to(flags[0].device) for f in flags]).cpu()  # one host sync
         if bool(finite.all()):
             return None
         name, p = named[int((~finite).nonzero()[0])]
