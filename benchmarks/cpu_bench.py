@@ -8,7 +8,8 @@ second column, timed in the first ``--reference-rounds`` rounds only (it is slow
 
 Per shape, three comparisons:
   encode   ``dk.demo_step_`` vs ``baseline.encode_step`` (momentum, DCT, top-k, error feedback)
-  decode   ``dk.decompress`` of 8 peers + sign vs ``baseline.decode_peers``
+  decode   ``dk.decompress`` of 8 peers + sign vs ``baseline.decode_peers``, then again with
+           ours writing one reused buffer (``out=``)
   demo     one ``DeMo`` optimizer step on a model (this weight + 4 small tensors, world size 1)
            vs ``baseline.EagerDeMoStep`` (``--demo`` shapes only)
 
@@ -99,14 +100,17 @@ def encode_case(shape) -> Case:
     }, slow={"eager DeMo", "reference"})
 
 
-def decode_case(shape) -> Case:
+def decode_case(shape, into: bool = False) -> Case:
+    """``into``: ours decodes into one reused buffer (``out=``, as a training loop would),
+    sparing the page faults of fresh memory; the eager side allocates as DeMo's code does."""
     xs = [torch.randn(shape, generator=torch.Generator().manual_seed(p)) for p in range(PEERS)]
     ours = [dk.compress(x, k=K, backend="cpu") for x in xs]
     eager = [baseline.compress(x, K) for x in xs]
     idx, val = [i for i, _ in ours], [v for _, v in ours]
     e_idx, e_val = [i for i, _ in eager], [v for _, v in eager]
-    return Case(f"decode {PEERS} peers + sign", shape, {
-        "cpu": lambda: dk.decompress(idx, val, shape, sign=True, backend="cpu"),
+    out = torch.empty(shape) if into else None
+    return Case(f"decode {PEERS} peers + sign" + (", out=" if into else ""), shape, {
+        "cpu": lambda: dk.decompress(idx, val, shape, sign=True, out=out, backend="cpu"),
         "eager DeMo": lambda: baseline.decode_peers(e_idx, e_val, shape, sign=True),
         "reference": lambda: dk.decompress(idx, val, shape, sign=True, backend="reference"),
     }, slow={"eager DeMo", "reference"})
@@ -164,7 +168,8 @@ def main(argv=None) -> None:
           f"rounds={args.rounds}  load average at start: {load_average()}")
     rows = []
     for shape in shapes:
-        cases = [encode_case(shape), decode_case(shape)] + ([demo_case(shape)] if shape in demo_shapes else [])
+        cases = [encode_case(shape), decode_case(shape), decode_case(shape, into=True)]
+        cases += [demo_case(shape)] if shape in demo_shapes else []
         for case in cases:
             case.run(args.rounds, args.reference_rounds)
             rows += case.rows()

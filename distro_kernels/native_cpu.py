@@ -83,12 +83,17 @@ def demo_step_(delta, grad, plan, beta, lr, k) -> tuple[torch.Tensor, torch.Tens
     return indices.view(shape), values.view(shape)
 
 
-def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_codec="f32", sign=False):
-    """Per tensor t, the P peers' ``indices_lists[t][p]``; one parallel pass over all tensors."""
+def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_codec="f32", sign=False,
+                    outs=None):
+    """Per tensor t, the P peers' ``indices_lists[t][p]``; one parallel pass over all tensors.
+
+    ``outs``: contiguous float32 tensors of each plan's shape to write instead of fresh ones
+    (unpadded plans only); the kernel validates every chunk before it writes any output."""
     if value_codec != "sign":
         values_lists = [[v.float().contiguous() for v in peers] for peers in values_lists]
     indices_lists = [[i.contiguous() for i in peers] for peers in indices_lists]
-    outs = [torch.empty(plan.padded_shape) for plan in plans]
+    if outs is None:
+        outs = [torch.empty(plan.padded_shape) for plan in plans]
     k_effs = [peers[0].shape[1] if peers else 1 for peers in indices_lists]
     status, bad_tensor, bad_peer = cpu_ext.decompress_many(
         [i.data_ptr() for peers in indices_lists for i in peers],
@@ -103,6 +108,18 @@ def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_cod
         raise error
     _check(status, "decompress")
     return [crop_to_shape(out, plan) for out, plan in zip(outs, plans)]
+
+
+def decompress_many_into(outs, indices_lists, values_lists, plans, reduce="mean", value_codec="f32",
+                         sign=False) -> None:
+    """:func:`decompress_many` written into ``outs`` (checked by the op: shapes, float32,
+    contiguous, not overlapping the inputs); a padded plan decodes to a fresh tensor first."""
+    if all(not plan.is_padded for plan in plans):
+        decompress_many(indices_lists, values_lists, plans, reduce, value_codec, sign, outs=outs)
+        return
+    for out, result in zip(outs, decompress_many(indices_lists, values_lists, plans, reduce,
+                                                 value_codec, sign)):
+        out.copy_(result)
 
 
 def decompress(indices_list, values_list, plan, reduce="mean", value_codec="f32", sign=False):

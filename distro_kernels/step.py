@@ -152,12 +152,16 @@ class ModelStep:
 
     def decode(self, payloads: Mapping[int, wire.Payload], *, sign: bool = True,
                reduce: str = "mean", device: torch.device | str = "cpu",
-               backend: str = "auto", clip_tau: float | None = None) -> list[Tensor]:
+               backend: str = "auto", clip_tau: float | None = None,
+               out: list[Tensor] | None = None) -> list[Tensor]:
         """One update per tensor from validated payloads (ascending sender id), on ``device``;
         zeros when no payload made the step. ``clip_tau``: SPEC 4.2's robust clip of each
-        peer's values per tensor (``f32``/``bf16``/``f16`` codecs; see ``robust``)."""
+        peer's values per tensor (``f32``/``bf16``/``f16`` codecs; see ``robust``). ``out``:
+        float32 buffers (one per tensor) to write and return instead of fresh tensors."""
         senders = sorted(payloads)
         if not senders:
+            if out is not None:
+                return [o.zero_() for o in out]
             return [torch.zeros(s, dtype=torch.float32, device=device) for s in self.shapes]
         ordered = [payloads[p] for p in senders]
         codec = ordered[0].decompress_codec
@@ -172,4 +176,4 @@ class ModelStep:
                                  "is bounded already: robust.sign_mean_bound)")
             values = robust.clip_model(values, clip_tau)
         return ops.decompress_many(indices, values, self.shapes, self.chunk, reduce=reduce,
-                                   value_codec=codec, sign=sign, backend=backend)
+                                   value_codec=codec, sign=sign, out=out, backend=backend)

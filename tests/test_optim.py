@@ -368,3 +368,27 @@ def test_layout_is_fixed_after_construction():
     opt = DeMo(_make_params([(8, 8)]), backend="reference")
     with pytest.raises(RuntimeError):
         opt.add_param_group({"params": _make_params([(4,)])})
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["cpu"] if HAS_CPU else []))
+def test_update_is_decoded_into_the_gradients_in_place(backend):
+    """float32 contiguous gradients receive the update in place (no fresh buffer, no copy);
+    gradients that cannot (non-contiguous here) get a fresh one. Both give the same bits."""
+    shapes = [(29, 64), (97,), (3, 5, 7)]
+    grads = _grads(shapes, 1, 3)
+    in_place, fresh = _make_params(shapes), _make_params(shapes)
+    opt_a = DeMo(in_place, lr=1e-2, backend=backend)
+    opt_b = DeMo(fresh, lr=1e-2, backend=backend)
+    for (step,) in grads:
+        for p, g in zip(in_place, step):
+            p.grad = g.clone()
+        for p, g in zip(fresh, step):  # same values, transposed storage: not contiguous
+            p.grad = g.clone().t().contiguous().t() if g.dim() == 2 else g.clone()
+        fresh[1].grad = torch.stack([step[1], step[1]], 1)[:, 0]
+        buffers = [p.grad.data_ptr() for p in in_place]
+        opt_a.step()
+        opt_b.step()
+        assert [p.grad.data_ptr() for p in in_place] == buffers
+        for a, b in zip(in_place, fresh):
+            assert torch.equal(a.grad, b.grad) and torch.equal(a, b)
+            assert set(a.grad.unique().tolist()) <= {-1.0, 0.0, 1.0}  # DeMo's sign update

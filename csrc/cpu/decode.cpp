@@ -196,17 +196,41 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
   const bool streaming = out_bytes >= kStreamingBytes;
   const float peers = static_cast<float>(n_peers);
   const bool sign_codec = value_codec == DK_VALUES_SIGN;
-  // Validation runs chunk by chunk in the same parallel pass: a chunk with a bad peer is not
-  // aggregated (no out-of-range write), the (tensor, peer) is flagged, and the call fails after.
+  // Validation is a pass of its own, before any output is written: a call that fails leaves
+  // every output as it was (callers may decode into live buffers, e.g. .grad). It reads only
+  // the indices and values (~1 ms for 8 peers at 4096x4096 here); the first offending
+  // (tensor, peer) is reported.
   std::vector<int> flags(static_cast<size_t>(n_tensors) * n_peers, 0);
-  int status = for_each_chunk(first_chunk[n_tensors], max_cm, max_ldn, threads,
-                              [&](Scratch& s, int64_t global) {
-    const int t = static_cast<int>(std::upper_bound(first_chunk.begin(), first_chunk.end(), global) -
-                                   first_chunk.begin()) - 1;
+  auto tensor_of = [&](int64_t global) {
+    return static_cast<int>(std::upper_bound(first_chunk.begin(), first_chunk.end(), global) -
+                            first_chunk.begin()) - 1;
+  };
+  dk::parallel_for(first_chunk[n_tensors], threads, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t global = begin; global < end; ++global) {
+      const int t = tensor_of(global);
+      const int64_t c = global - first_chunk[t];
+      const int k_eff = k_effs[t], E = geoms[t].cm * geoms[t].cn;
+      for (int p = 0; p < n_peers; ++p) {
+        const int64_t at = static_cast<int64_t>(t) * n_peers + p;
+        const float* f32 = sign_codec ? nullptr : static_cast<const float*>(values[at]) + c * k_eff;
+        const int bad = check_chunk(indices[at] + c * k_eff, f32, k_eff, E);
+        if (bad) dk::atomic_or(flags[static_cast<size_t>(at)], bad);
+      }
+    }
+  });
+  for (size_t f = 0; f < flags.size(); ++f) {
+    if (!flags[f]) continue;  // the lowest tensor, then the lowest peer, is reported
+    *bad_tensor = static_cast<int32_t>(f / n_peers);
+    *bad_peer = static_cast<int32_t>(f % n_peers);
+    return flags[f] & kRangeBad ? DK_ERR_INDEX_RANGE : flags[f] & kOrderBad ? DK_ERR_INDEX_ORDER : DK_ERR_VALUE;
+  }
+  return for_each_chunk(first_chunk[n_tensors], max_cm, max_ldn, threads,
+                        [&](Scratch& s, int64_t global) {
+    const int t = tensor_of(global);
     const int64_t c = global - first_chunk[t];
     const dk_geometry& g = geoms[t];
     const ChunkBases& b = *bases[t];
-    const int k_eff = k_effs[t], E = g.cm * g.cn;
+    const int k_eff = k_effs[t];
     const int64_t first = c * k_eff;
     const int32_t* const* peer_indices = indices + static_cast<int64_t>(t) * n_peers;
     const void* const* peer_values = values + static_cast<int64_t>(t) * n_peers;
@@ -218,16 +242,6 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
         else prefetch_bytes(static_cast<const float*>(peer_values[p]) + next, k_eff * 4);
       }
     }
-    bool chunk_ok = true;
-    for (int p = 0; p < n_peers; ++p) {
-      const float* f32 = sign_codec ? nullptr : static_cast<const float*>(peer_values[p]) + first;
-      const int bad = check_chunk(peer_indices[p] + first, f32, k_eff, E);
-      if (bad) {
-        dk::atomic_or(flags[static_cast<size_t>(t) * n_peers + p], bad);
-        chunk_ok = false;
-      }
-    }
-    if (!chunk_ok) return;
     // ascending peer order: S[j] += v, n[j] += 1, mark (u, v); the value codec and the
     // 64-wide layout (padded position == index, one mark word per row) hoisted out of the loop
     auto aggregate = [&](auto value_at, auto place) {
@@ -275,13 +289,6 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
     };
     inverse_to(b, s, finish, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0, streaming));
   });
-  for (size_t f = 0; f < flags.size() && status == DK_OK; ++f) {
-    if (!flags[f]) continue;  // the lowest tensor, then the lowest peer, is reported
-    *bad_tensor = static_cast<int32_t>(f / n_peers);
-    *bad_peer = static_cast<int32_t>(f % n_peers);
-    status = flags[f] & kRangeBad ? DK_ERR_INDEX_RANGE : flags[f] & kOrderBad ? DK_ERR_INDEX_ORDER : DK_ERR_VALUE;
-  }
-  return status;
 }
 
 }  // namespace DK_ARCH

@@ -119,6 +119,25 @@ def decompress_many(indices, values, shapes_flat, ndims, chunk, reduce, value_co
     return indices_lists, values_lists, plans
 
 
+def decode_outputs(outs: Sequence[Tensor], plans: Sequence[ChunkPlan], inputs: Sequence[Tensor],
+                   memory: bool = True) -> None:
+    """``outs`` of ``decompress_many_into_``: one float32, contiguous tensor of each tensor's
+    shape, on the inputs' device, none sharing memory with another or with an input."""
+    if len(outs) != len(plans):
+        raise ValueError(f"outs has {len(outs)} tensors for {len(plans)} decoded tensors")
+    for t, (out, plan) in enumerate(zip(outs, plans)):
+        if not isinstance(out, torch.Tensor) or out.dtype != torch.float32:
+            raise TypeError(f"outs[{t}] must be a float32 tensor")
+        if tuple(out.shape) != tuple(plan.shape):
+            raise ValueError(f"outs[{t}] has shape {tuple(out.shape)}, the decode gives {tuple(plan.shape)}")
+        if not out.is_contiguous():
+            raise ValueError(f"outs[{t}] must be contiguous (it is written in place)")
+    check_one_device("decompress_many_into_", [*outs, *inputs])
+    if memory:
+        check_no_overlap([(f"outs[{t}]", o) for t, o in enumerate(outs)],
+                         [(f"input {i}", x) for i, x in enumerate(inputs)])
+
+
 def unpack_signs(packed: Tensor, n: int) -> None:
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed must be uint8, got {packed.dtype}")

@@ -160,6 +160,33 @@ def _(indices, values, shapes_flat, ndims, chunk, reduce, value_codec, sign):
     return [torch.empty(plan.shape, dtype=torch.float32, device=device) for plan in plans]
 
 
+def _decompress_many_into_(outs: list[Tensor], indices: list[Tensor], values: list[Tensor],
+                           shapes_flat: list[int], ndims: list[int], chunk: int, reduce: str,
+                           value_codec: str, sign: bool) -> None:
+    indices_lists, values_lists, plans = checks.decompress_many(
+        indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
+    checks.decode_outputs(outs, plans, [*indices, *values])
+    module = dispatch.select(outs[0].device)
+    args = ([dense(peers) for peers in indices_lists],
+            [codec_values(peers, value_codec) for peers in values_lists], plans, reduce,
+            value_codec, sign)
+    into = getattr(module, "decompress_many_into", None)
+    if into is not None:  # writes outs directly, after validating every input
+        into(outs, *args)
+        return
+    for out, result in zip(outs, module.decompress_many(*args)):  # fails before any copy
+        out.copy_(result)
+
+
+decompress_many_into_ = _define(_decompress_many_into_, mutates_args=("outs",))
+
+
+@decompress_many_into_.register_fake
+def _(outs, indices, values, shapes_flat, ndims, chunk, reduce, value_codec, sign):
+    _, _, plans = checks.decompress_many(indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
+    checks.decode_outputs(outs, plans, [*indices, *values], memory=False)
+
+
 # ----------------------------------------------------------------------------- signs
 
 
@@ -190,4 +217,4 @@ def _(packed, n):
 
 
 ALL_OPS = (dct, idct, compress, demo_step_, demo_step_many_, decompress, decompress_many,
-           pack_signs, unpack_signs)
+           decompress_many_into_, pack_signs, unpack_signs)

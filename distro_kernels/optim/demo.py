@@ -220,14 +220,29 @@ class DeMo(torch.optim.Optimizer):
                     out.append((names[i] if names else f"group {g}, parameter {i}", p))
         return out
 
+    def _update_buffers(self, device) -> list[Tensor] | None:
+        """The gradients themselves as the decode's outputs, when every stepped parameter has
+        a float32, contiguous, unshared ``.grad`` on ``device`` (it has been encoded by now):
+        the update then lands in place, without fresh memory (whose first-touch page faults
+        cost ~7 ms per 64 MiB here) or a copy. ``None``: the decode allocates."""
+        grads = [p.grad for _, p in self._named_params()]
+        if any(g is None or g.dtype != torch.float32 or g.device != torch.device(device)
+               or not g.is_contiguous() or g.requires_grad for g in grads):
+            return None
+        starts = {g.data_ptr() for g in grads}
+        return grads if len(starts) == len(grads) and all(g.numel() for g in grads) else None
+
     def _nonfinite_gradient(self) -> str | None:
         """The first parameter whose gradient holds inf or NaN, described; ``None`` if none.
         One reduction per tensor and one host sync for the whole model."""
         named = [(n, p) for n, p in self._named_params() if p.grad is not None]
         if not named:
             return None
-        flags = [torch.isfinite(p.grad).all() for _, p in named]
-        finite = torch.stack([f.to(flags[0].device) for f in flags]).cpu()  # one host sync
+        # min and max propagate NaN and show any inf: one read of each gradient, no mask
+        # tensor (isfinite().all() was ~25x slower on CPU, 85 ms at 4096x4096 here)
+        bounds = [torch.stack(torch.aminmax(p.grad.detach())).float() if p.grad.numel()
+                  else torch.zeros(2, device=p.grad.device) for _, p in named]
+        finite = torch.isfinite(torch.stack([b.to(bounds[0].device) for b in bounds])).all(1).cpu()  # one host sync
         if bool(finite.all()):
             return None
         name, p = named[int((~finite).nonzero()[0])]
@@ -292,7 +307,8 @@ class DeMo(torch.optim.Optimizer):
                             left_out=dict(sorted(parsed.left_out.items())))
         device = self._params[0].device
         updates = self._model.decode(parsed.payloads, sign=self.sign, device=device,
-                                     backend=self.backend, clip_tau=self.clip_tau)
+                                     backend=self.backend, clip_tau=self.clip_tau,
+                                     out=self._update_buffers(device))
         self._sent = None
         t = 0
         for group in self.param_groups:
@@ -302,10 +318,8 @@ class DeMo(torch.optim.Optimizer):
                     continue
                 update = updates[t].to(device=p.device, dtype=p.dtype)
                 t += 1
-                if p.grad is None:
-                    p.grad = update
-                else:
-                    p.grad.copy_(update)
+                if update is not p.grad:  # decoded in place when it could be (_update_buffers)
+                    p.grad = update.contiguous()
                 if wd != 0.0:
                     p.mul_(1.0 - lr * wd)
                 p.add_(p.grad, alpha=-lr)
