@@ -355,13 +355,14 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
     const ChunkSite next = chunk_site(g, std::min(c + 2, n_chunks(g) - 1));
     if (lee_chunk(b)) {
       // delta = beta * delta + lr * grad is computed once, whole rows at a time, into a
-      // contiguous staging block; the transform reads that block, and the error feedback
-      // writes the state once, as staged minus what was sent. The state's rows sit a tensor
-      // row apart (16 KiB at n = 4096): every row of a chunk maps to the same few L1 sets, so
-      // reading them twice (the transform, then the feedback) missed L1 and often L2; the
-      // staged copy does not alias. 48 -> 30 ms at 4096x4096 on 2 threads here. Row prefetches
-      // for a later chunk ride along: the state's in the staging loop, the gradient's in the
-      // feedback.
+      // contiguous staging block; the transform reads that block, the error feedback
+      // subtracts what was sent from it, and it is copied to the state row by row, the
+      // state's only write. The state's rows sit a tensor row apart (16 KiB at n = 4096):
+      // every row of a chunk maps to the same few L1 sets, so touching them in the transform's
+      // column-strip order missed L1 on nearly every access (and often L2). 4096x4096 on two
+      // threads here: 48-52 ms in place, 25-26 ms staged with the feedback stored to the
+      // state, 23-24 ms with the row copy. Row prefetches for the chunk after next ride along
+      // (its state in the staging loop, its gradient in the copy).
       float* const state_rows = state + site.offset;
       const float* const grad_rows = direct ? static_cast<const float*>(grads[t]) + site.offset : s.partial.data();
       const int64_t stride = site.stride, grad_stride = direct ? site.stride : b.ldn;
@@ -381,11 +382,14 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
       auto first_stage_row = [=](int i, int col) { return load_vec<LeeVec>(staged + i * ld + col); };
       forward_lee(b, first_stage_row, s, s.coeffs.data(), DctScale::kRelative);
       select_chunk(b, s, kk, lee_value_factor(b), out_index, out_value);
-      auto store_state = [=](int i, int col, LeeVec sent) {
-        __builtin_prefetch(next_grad_rows + (i * stride + col) * grad_bytes, 0, 2);
-        store_vec<LeeVec>(state_rows + i * stride + col, load_vec<LeeVec>(staged + i * ld + col) - sent);
+      auto subtract = [=](int i, int col, LeeVec sent) {
+        store_vec<LeeVec>(staged + i * ld + col, load_vec<LeeVec>(staged + i * ld + col) - sent);
       };
-      subtract_sent_lee(b, out_index, out_value, kk, s, store_state);
+      subtract_sent_lee(b, out_index, out_value, kk, s, subtract);
+      for (int i = 0; i < b.cm; ++i) {
+        for (int col = 0; col < b.cn; col += 16) __builtin_prefetch(next_grad_rows + (i * stride + col) * grad_bytes, 0, 2);
+        std::memcpy(state_rows + i * stride, staged + i * ld, sizeof(float) * b.cn);
+      }
       return;
     }
     // delta = beta * delta + lr * grad, straight from the tensors when rows are whole vectors

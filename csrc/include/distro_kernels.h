@@ -57,7 +57,8 @@ int dk_demo_step(int32_t n_tensors, float* const* deltas, const void* const* gra
 
 /* SPEC section 4 decode of n_peers payloads for one tensor, in peer order. values[p] is
  * float32 (DK_VALUES_F32) or pack_signs bytes (DK_VALUES_SIGN). On a content error the
- * first offending peer is written to *bad_peer and out is left unspecified. */
+ * first offending peer is written to *bad_peer and out is left as it was (every chunk is
+ * validated before any output is written). */
 int dk_decompress(int32_t n_peers, const int32_t* const* indices, const void* const* values,
                   int32_t value_codec, const dk_geometry* g, int32_t k_eff, int32_t reduce,
                   int32_t apply_sign, float* out, int32_t threads, int32_t* bad_peer);
