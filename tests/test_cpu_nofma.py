@@ -106,3 +106,57 @@ def test_detector_sees_a_contracted_snippet(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert not fma_lines(disassemble(strict))  # the build's flag keeps the same loop FMA-free
+
+
+# ---------------------------------------------------------------------------- AArch64 (cross)
+# No Arm machine here: the kernels are cross-compiled with Zig's clang (``ziglang``, which CI
+# installs) for aarch64-linux-gnu with the build's flags, and the decode object is checked
+# with llvm-objdump. That proves the sources build for Arm (NEON through the vector
+# extensions) and that nothing there fuses; it runs nothing.
+
+
+def _zig_cxx(args: list[str]) -> subprocess.CompletedProcess:
+    try:
+        import ziglang  # noqa: F401
+    except ImportError:
+        need(False, "ziglang not installed (pip install ziglang)")
+    return subprocess.run([os.sys.executable, "-m", "ziglang", "c++", "-target", "aarch64-linux-gnu",
+                           *args], capture_output=True, text=True, timeout=600)
+
+
+def _llvm_objdump() -> str:
+    tool = shutil.which("llvm-objdump")
+    need(tool is not None, "llvm-objdump not found (it disassembles the AArch64 objects)")
+    return tool
+
+
+def _disassemble_a64(obj: Path) -> list[str]:
+    done = subprocess.run([_llvm_objdump(), "-d", "--no-show-raw-insn", str(obj)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("source", ["decode.cpp", "encode.cpp"])
+def test_aarch64_cross_build(tmp_path, source):
+    obj = tmp_path / f"{source}.o"
+    done = _zig_cxx(["-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-DDK_ARCH=generic",
+                     "-c", str(ROOT / "csrc" / "cpu" / source), "-o", str(obj)])
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = _disassemble_a64(obj)
+    text = "\n".join(lines)
+    assert re.search(r"\bfmul\s+v\d+\.4s", text), "no NEON float multiplies in the AArch64 object"
+    if source == "decode.cpp":
+        hits = fma_lines(lines)
+        assert not hits, f"{len(hits)} FMA instructions in the AArch64 decode object, e.g. {hits[:5]}"
+        assert "_ZN2dk7generic10decompress" in text
+
+
+def test_aarch64_detector_sees_a_contracted_snippet(tmp_path):
+    src = tmp_path / "snippet.cpp"
+    src.write_text("void axpy(float* y, const float* x, float a, int n) {\n"
+                   "  for (int i = 0; i < n; ++i) y[i] = a * x[i] + y[i];\n}\n")
+    obj = tmp_path / "snippet.o"
+    done = _zig_cxx(["-O2", "-ffp-contract=fast", "-c", str(src), "-o", str(obj)])
+    assert done.returncode == 0, done.stderr
+    assert fma_lines(_disassemble_a64(obj)), "contraction on, yet the detector found no AArch64 FMA"
