@@ -148,7 +148,11 @@ def check_no_overlap(written: Sequence[tuple[str, torch.Tensor]],
     """No tensor that an op writes in place shares memory with another tensor of the call:
     chunks of "different" tensors run concurrently, so aliases would race. Reads may share."""
     spans = [(_byte_span(t), name, True) for name, t in written]
-    spans += [(_byte_span(t), name, False) for name, t in read]
+    # a read can only conflict with a write in the same storage: the others need no span
+    # (a decode's many payload tensors cost ~5 us each here otherwise)
+    written_storages = {span[0] for span, _, _ in spans}
+    spans += [(_byte_span(t), name, False) for name, t in read
+              if t.numel() and t.untyped_storage().data_ptr() in written_storages]
     spans = sorted((s for s in spans if s[0][2] > s[0][1]), key=lambda s: (s[0][0], s[0][1]))
     reach_any: dict[int, tuple[int, str]] = {}  # storage -> furthest end so far, and whose
     reach_written: dict[int, tuple[int, str]] = {}
