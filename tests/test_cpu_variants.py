@@ -39,6 +39,12 @@ for seed, shape, chunk in [(0, (96, 128), 64), (1, (3, 29, 48), 64), (2, (130,),
     delta, grad = torch.zeros(shape), torch.randn(shape, generator=g)
     i, v = dk.demo_step_(delta, grad, k=7, chunk=chunk, backend="cpu")
     out["encode"].append([i.tolist(), v.tolist(), delta.flatten().tolist()])
+# 8 peers x 32 picks of 64x64 chunks: nearly every row of T nonzero (the mirrored second stage)
+g = torch.Generator().manual_seed(9)
+peers = [dk.compress(torch.randn(128, 192, generator=g), k=32, chunk=64, backend="reference") for _ in range(8)]
+for codec, vals, sign in [("f32", [p[1] for p in peers], False), ("sign", [dk.pack_signs(p[1]) for p in peers], True)]:
+    y = dk.decompress([p[0] for p in peers], vals, (128, 192), 64, value_codec=codec, sign=sign, backend="cpu")
+    out["decode"].append(hashlib.sha256(y.numpy().tobytes()).hexdigest())
 print(json.dumps(out))
 """
 

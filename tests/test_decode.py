@@ -628,3 +628,38 @@ def test_decode_wide_chunks(backend, shape, codec):
     values = [make_values(rng, (p.n_chunks, k_eff), codec, 1.0, 0.1) for _ in range(3)]
     got, want = run_both(backend, shape, chunk, indices, values, codec=codec)
     assert_same_bits(got, want)
+
+
+def _rows_indices(rng, n_chunks, cm, cn, k_eff, P, rows):
+    """``P`` peers' sorted index sets whose picks all lie in the first ``rows`` coefficient rows
+    of a random row subset per chunk (so exactly ``rows`` rows of ``T`` can be nonzero)."""
+    out = []
+    for _ in range(P):
+        chunk_sets = []
+        for _ in range(n_chunks):
+            keep = np.sort(rng.choice(cm, size=rows, replace=False))
+            pool = (keep[:, None] * cn + np.arange(cn)[None, :]).reshape(-1)
+            chunk_sets.append(np.sort(rng.choice(pool, size=min(k_eff, pool.size), replace=False)))
+        out.append(np.stack(chunk_sets))
+    return out
+
+
+# The second stage has two schedules (exact_fold.h): compacted nonzero rows, and mirrored row
+# pairs over all rows once ~4/5 of them are nonzero. Both must give the spec's bits on both
+# sides of the switch, for even and odd cm (the odd middle row folds on its own).
+@pytest.mark.parametrize("cm, cn", [(4, 16), (5, 8), (7, 64), (10, 8), (16, 16), (29, 32),
+                                    (48, 64), (61, 8), (64, 64)])
+@pytest.mark.parametrize("fraction", [0.7, 0.8, 1.0])
+def test_dense_and_sparse_second_stage_bitwise(backend, cm, cn, fraction):
+    # two chunks per tensor with exactly these sides (SPEC 1's divisor rule)
+    shape, chunk = ((2 * cm, cn), cm) if cm >= cn else ((cm, 2 * cn), cn)
+    p = sn.plan(shape, chunk)
+    assert (p.cm, p.cn) == (cm, cn)
+    rows = max(1, min(cm, int(round(fraction * cm))))
+    rng = np.random.default_rng(seed_of("dense", cm, cn, fraction))
+    k_eff = min(p.E, rows * cn, max(rows, 3 * cm))
+    for P, codec, sign in [(3, "f32", False), (8, "sign", True), (1, "f32", True)]:
+        indices = _rows_indices(rng, p.n_chunks, cm, cn, k_eff, P, rows)
+        values = [make_values(rng, (p.n_chunks, k_eff), codec, 1.0, 0.05) for _ in range(P)]
+        got, want = run_both(backend, shape, chunk, indices, values, codec=codec, sign=sign)
+        assert_same_bits(got, want)

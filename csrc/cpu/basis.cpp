@@ -43,6 +43,12 @@ ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
       cn_rows[v * ldn + j] = bn[v * cn + j];
       cn_cols[j * ldn + v] = bn[v * cn + j];
     }
+  cm_mirror = true;
+  for (int u = 0; u < cm; ++u)
+    for (int i = 0; i < cm; ++i) {
+      const float mirrored = bm[u * cm + cm - 1 - i], value = bm[u * cm + i];
+      if (mirrored != (u % 2 ? -value : value)) cm_mirror = false;
+    }
   split_n = cn % 16 == 0;
   split_m = cm % 2 == 0 && cm > 1;
   if (split_n) {

@@ -22,6 +22,9 @@ struct ChunkBases {
   // even size is two half-size products: even u on (x[i] + x[c-1-i]), odd u on the difference.
   // split_n needs cn % 16 == 0 (each half a whole number of 8-float vectors); split_m, even cm.
   bool split_n = false, split_m = false;
+  // C_m[u][cm-1-i] == (-1)^u C_m[u][i] exactly (as float32 values) for every u, i: the
+  // decode's mirrored second stage (exact_fold.h) relies on it, so it is checked, not assumed.
+  bool cm_mirror = false;
   int hn = 0, hm = 0;
   std::vector<float> cn_even_cols, cn_odd_cols;  // [j][v'] = C_n[2v'][j], C_n[2v'+1][j] (hn x hn)
   std::vector<float> cm_even_rows, cm_odd_rows;  // [u'][i] = C_m[2u'][i], C_m[2u'+1][i] (hm x hm)
