@@ -9,6 +9,8 @@ Per step (SPEC sections 3-4), for the whole model at once:
 3. decode: every payload, this peer's own included, parsed from its bytes and aggregated in
    ascending peer id (SPEC 4, bit-exact on every backend), so all peers get the same update;
 4. sign-SGD with decoupled weight decay, as DeMo: ``p *= 1 - lr * wd``; ``p -= lr * sign(.)``.
+   The update is left in ``p.grad``: decoded into the gradient tensors themselves when all are
+   float32 and contiguous (no fresh memory, no copy), else into new tensors that replace them.
 
 The momentum ``delta`` is float32 whatever the parameter dtype and lives in ``state_dict()``.
 Step in two halves with :meth:`DeMo.prepare` and :meth:`DeMo.apply` to drive the exchange
