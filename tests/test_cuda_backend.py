@@ -13,6 +13,8 @@ backend's bits; encode must meet SPEC section 6 against a float64 model.
 
 from __future__ import annotations
 
+import math
+
 import os
 import shutil
 
@@ -373,8 +375,15 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
+def _emulated_size_ok(dims) -> bool:
+    # without a GPU the kernels run in the host emulation, each block's 256 threads as OS
+    # threads: with draws up to 150^3 elements, one CI run here spent ~8 minutes in this test
+    return math.prod(dims) <= 60_000
+
+
 @settings(max_examples=12, deadline=None)
-@given(dims=st.lists(st.integers(1, 150), min_size=1, max_size=3), chunk=st.integers(1, 64),
+@given(dims=st.lists(st.integers(1, 150), min_size=1, max_size=3).filter(_emulated_size_ok),
+       chunk=st.integers(1, 64),
        k=st.integers(1, 70), peers=st.integers(1, 4), sign_codec=st.booleans(),
        seed=st.integers(0, 2**16))
 def test_random_geometry_encode_and_decode(device, dims, chunk, k, peers, sign_codec, seed):
