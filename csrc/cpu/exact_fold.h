@@ -111,6 +111,13 @@ inline void fold_terms(const int* v, const float* a, int n, const float* basis, 
   }
 }
 
+// NV consecutive vectors from p (one tile's slice of a T row).
+template <class V, int NV>
+inline __attribute__((always_inline)) void load_vectors(const float* p, V (&out)[NV]) {
+#pragma GCC unroll 16
+  for (int q = 0; q < NV; ++q) out[q] = exact_load<V>(p + q * static_cast<int>(sizeof(V) / sizeof(float)));
+}
+
 // The second stage on one tile of R output rows (i0..) x NV vectors (j0..):
 // y[i][j] = fold over s = 0..n_rows-1 of basis[s][i] * T[s][j]: T holds the nonzero rows of the
 // first stage, compacted in ascending u, and basis the matching rows of C_m (basis[s][i] =
@@ -127,11 +134,9 @@ inline __attribute__((always_inline)) void fold_tile(const float* basis, int ldm
 #pragma GCC unroll 16
     for (int q = 0; q < NV; ++q) acc[r][q] = V{};  // +0
   for (int s = 0; s < n_rows; ++s) {
-    const float* t_row = T + s * ldt + j0;
     const float* b_row = basis + s * ldm + i0;
     V t[NV];
-#pragma GCC unroll 16
-    for (int q = 0; q < NV; ++q) t[q] = exact_load<V>(t_row + q * L);
+    load_vectors(T + s * ldt + j0, t);
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const V c = broadcast_load<V>(b_row + r);
@@ -198,11 +203,9 @@ inline __attribute__((always_inline)) void fold_tile_mirrored(const float* basis
 #pragma GCC unroll 16
     for (int q = 0; q < NV; ++q) top[r][q] = bottom[r][q] = V{};  // +0
   auto term = [&](int u, bool odd) __attribute__((always_inline)) {
-    const float* t_row = T + u * ldt + j0;
     const float* b_row = basis + u * ldm + i0;
     V t[NV];
-#pragma GCC unroll 16
-    for (int q = 0; q < NV; ++q) t[q] = exact_load<V>(t_row + q * L);
+    load_vectors(T + u * ldt + j0, t);
 #pragma GCC unroll 16
     for (int r = 0; r < P; ++r) {
       const V c = broadcast_load<V>(b_row + r);
