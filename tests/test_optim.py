@@ -392,3 +392,22 @@ def test_update_is_decoded_into_the_gradients_in_place(backend):
         for a, b in zip(in_place, fresh):
             assert torch.equal(a.grad, b.grad) and torch.equal(a, b)
             assert set(a.grad.unique().tolist()) <= {-1.0, 0.0, 1.0}  # DeMo's sign update
+
+
+def test_gradients_sharing_memory_get_fresh_updates():
+    """Two parameters whose .grad views overlap (legal in torch) cannot be decoded in place:
+    the step falls back to fresh tensors and gives the same result as separate gradients."""
+    shapes = [(8, 16), (8, 16)]
+    shared, separate = _make_params(shapes), _make_params(shapes)
+    g = torch.randn(8, 17, generator=torch.Generator().manual_seed(3))
+    base = torch.empty(8 * 17 + 1)
+    opt_a, opt_b = DeMo(shared, lr=1e-2), DeMo(separate, lr=1e-2)
+    shared[0].grad = base[: 8 * 16].view(8, 16).copy_(g[:, :16])
+    shared[1].grad = base[1 : 8 * 16 + 1].view(8, 16)  # overlaps the first by all but one element
+    separate[0].grad = shared[0].grad.clone()
+    separate[1].grad = shared[1].grad.clone()
+    opt_a.step()
+    opt_b.step()
+    for a, b in zip(shared, separate):
+        assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
+    assert shared[0].grad.data_ptr() != base.data_ptr()  # replaced, not written in place

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .. import ops, wire
 from ..step import ModelStep
+from ..validation import check_no_overlap
 from ..transport.result import TransportError
 from .transports import default_transport
 
@@ -231,8 +232,11 @@ class DeMo(torch.optim.Optimizer):
         if any(g is None or g.dtype != torch.float32 or g.device != torch.device(device)
                or not g.is_contiguous() or g.requires_grad for g in grads):
             return None
-        starts = {g.data_ptr() for g in grads}
-        return grads if len(starts) == len(grads) and all(g.numel() for g in grads) else None
+        try:  # gradients that share memory (unusual, but legal) get fresh tensors instead
+            check_no_overlap([(f"grad {t}", g) for t, g in enumerate(grads)])
+        except ValueError:
+            return None
+        return grads
 
     def _nonfinite_gradient(self) -> str | None:
         """The first parameter whose gradient holds inf or NaN, described; ``None`` if none.
