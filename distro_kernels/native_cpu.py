@@ -87,8 +87,8 @@ def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_cod
                     outs=None):
     """Per tensor t, the P peers' ``indices_lists[t][p]``; one parallel pass over all tensors.
 
-    ``outs``: contiguous float32 tensors of each plan's shape to write instead of fresh ones
-    (unpadded plans only); the kernel validates every chunk before it writes any output."""
+    ``outs``: contiguous float32 tensors of each plan's (unpadded) shape to write instead of
+    fresh ones; the kernel validates every chunk before it writes any output."""
     if value_codec != "sign":
         values_lists = [[v.float().contiguous() for v in peers] for peers in values_lists]
     indices_lists = [[i.contiguous() for i in peers] for peers in indices_lists]
@@ -113,13 +113,8 @@ def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_cod
 def decompress_many_into(outs, indices_lists, values_lists, plans, reduce="mean", value_codec="f32",
                          sign=False) -> None:
     """:func:`decompress_many` written into ``outs`` (checked by the op: shapes, float32,
-    contiguous, not overlapping the inputs); a padded plan decodes to a fresh tensor first."""
-    if all(not plan.is_padded for plan in plans):
-        decompress_many(indices_lists, values_lists, plans, reduce, value_codec, sign, outs=outs)
-        return
-    for out, result in zip(outs, decompress_many(indices_lists, values_lists, plans, reduce,
-                                                 value_codec, sign)):
-        out.copy_(result)
+    contiguous, not overlapping the inputs; its plans use the divisor rule, never padded)."""
+    decompress_many(indices_lists, values_lists, plans, reduce, value_codec, sign, outs=outs)
 
 
 def decompress(indices_list, values_list, plan, reduce="mean", value_codec="f32", sign=False):
