@@ -36,9 +36,14 @@ def run_workers(target, args_per_rank: list[tuple], master, budget_s: float) -> 
     for p in procs:
         if p.is_alive():
             p.kill()
-    logs = {}
+    logs, problems = {}, []
     for r in range(len(procs)):
-        assert master.check([f"result/{r}"]), f"worker {r} reported nothing"
+        if not master.check([f"result/{r}"]):
+            problems.append(f"worker {r} reported nothing (exit code {procs[r].exitcode})")
+            continue
         logs[r] = json.loads(master.get(f"result/{r}"))
-        assert "error" not in logs[r], (r, logs[r].get("error"))
+        if "error" in logs[r]:
+            problems.append(f"worker {r}: {logs[r]['error']}")
+    # every rank's failure, not just the first: one rank's error often makes the others wait
+    assert not problems, "; ".join(problems)
     return logs

@@ -47,6 +47,9 @@ WORLD = 4
 BAD = 3
 HONEST = (0, 1, 2)
 DEADLINE = 2.0
+# gloo's group set-up and collectives share one timeout; every rank must reach them, so on a
+# loaded 2-core machine a 2 s deadline there fails spuriously (the phase tests sizes, not time)
+GLOO_DEADLINE = 15.0
 SLACK = 2.5  # scheduling slack on a loaded 2-core machine
 SHAPES = [(64, 64), (100,), (7, 13)]
 CHUNK, K = 64, 8
@@ -232,10 +235,13 @@ class Peer:
         if phase == "gloo_big":
             gl = self.gloo
             t0 = time.monotonic()
-            sizes = [int(s) for s in gl._gather(torch.tensor([96 * MIB], dtype=torch.int64),
-                                                "size", t0)]
-            longest = max([s for s in sizes if s <= gl.max_bytes], default=0)
-            gl._gather(torch.zeros(max(longest, 1), dtype=torch.uint8), "data", t0)
+            try:  # a failure is reported in the log; the worker still reaches the next phase
+                sizes = [int(s) for s in gl._gather(
+                    torch.tensor([96 * MIB], dtype=torch.int64), "size", t0)]
+                longest = max([s for s in sizes if s <= gl.max_bytes], default=0)
+                gl._gather(torch.zeros(max(longest, 1), dtype=torch.uint8), "data", t0)
+            except self.tp.TransportError as e:
+                return {"sizes": None, "error": str(e)[:300]}
             return {"sizes": sizes}
         if phase == "poison":
             def poison(vals):
@@ -270,6 +276,7 @@ def _worker(rank: int, port: int, key_hex: str, manifest_json: str) -> None:
     store = dist.TCPStore("127.0.0.1", port, None, is_master=False,
                           timeout=timedelta(seconds=60))
     log: dict = {}
+    phase = "setup"
     try:
         manifest = signing.Manifest.from_json(manifest_json)
         key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes.fromhex(key_hex))
@@ -281,7 +288,7 @@ def _worker(rank: int, port: int, key_hex: str, manifest_json: str) -> None:
         for step, phase in enumerate(PHASES):
             _barrier(store, phase, WORLD)
             if phase == "gloo_big":
-                peer.gloo = tp.GlooTransport(deadline=DEADLINE, layout=peer.layout)
+                peer.gloo = tp.GlooTransport(deadline=GLOO_DEADLINE, layout=peer.layout)
             if rank == BAD:
                 log[phase] = peer.attack(phase, step)
             elif phase == "equivocate" and rank == 2:
@@ -297,9 +304,10 @@ def _worker(rank: int, port: int, key_hex: str, manifest_json: str) -> None:
                 log[phase] = peer.honest(step, codec="f32", decode=True)
             else:
                 log[phase] = peer.honest(step)
+        phase = "end"
         _barrier(store, "end", WORLD)
     except BaseException as e:  # report, then die without teardown
-        log["error"] = f"{type(e).__name__}: {e}"
+        log["error"] = f"in phase {phase}: {type(e).__name__}: {e}"
     store.set(f"result/{rank}", json.dumps(log))
     os._exit(0)
 
@@ -353,7 +361,8 @@ def _agree(run, phase):
         for field in ("peers", "left_out", "hashes", "update"):
             assert out.get(field) == first.get(field), (phase, r, field, out.get(field),
                                                         first.get(field))
-        assert out["elapsed"] < DEADLINE + SLACK, (phase, r, out["elapsed"])
+        deadline = GLOO_DEADLINE if phase == "gloo_big" else DEADLINE
+        assert out["elapsed"] < deadline + SLACK, (phase, r, out["elapsed"])
         assert out["peak"] < 8 * MIB, (phase, r, out["peak"])  # Python heap during the step
         assert out["rss_delta"] < 48, (phase, r, out["rss_delta"])  # MiB, whole process
     # each honest peer in the step is there with its own bytes
@@ -420,6 +429,7 @@ def test_many_large_keys_are_not_read(run):
 def test_gloo_large_declared_size_is_refused_unallocated(run):
     res = _agree(run, "gloo_big")
     assert res["peers"] == [0, 1, 2] and res["left_out"]["3"].startswith("over limit")
+    assert "error" not in run[BAD]["gloo_big"], run[BAD]["gloo_big"]
     assert run[BAD]["gloo_big"]["sizes"][BAD] == 96 * MIB
     for r in HONEST:
         assert run[r]["gloo_big"]["rss_delta"] < 16
