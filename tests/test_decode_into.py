@@ -168,3 +168,36 @@ def test_backends_agree_on_a_large_tensor():
         dk.decompress(indices, values, shape, CHUNK, sign=True, out=out, backend="native")
         assert_same_bits(out, dk.decompress(indices, values, shape, CHUNK, sign=True,
                                             backend="reference"))
+
+
+def test_outputs_over_32_mib_with_dense_and_sparse_chunks():
+    """A 32 MiB output takes the native kernel's streaming stores for sparse chunks and
+    ordinary ones for dense chunks: both give the reference's bits. The payload repeats every
+    4 chunk rows, so one reference decode of a (256, 2048) tensor checks all 16 repeats."""
+    if "native" not in BACKENDS:
+        pytest.skip("native CPU kernels not built")  # conftest refuses this under CI
+    chunk, k, peers = 64, 32, 8
+    small, repeats = (256, 2048), 16
+    n_small = (small[0] // chunk) * (small[1] // chunk)  # 128 chunks in a 4 x 32 grid
+    gen = torch.Generator().manual_seed(seed_of("stores over 32 MiB"))
+    # even chunks: 8 peers pick independently (most of the 64 rows: the dense schedule);
+    # odd chunks: every peer picks the same 32 indices (at most 32 rows: the sparse one)
+    shared = torch.stack([torch.randperm(chunk * chunk, generator=gen)[:k] for _ in range(n_small)])
+    indices, values = [], []
+    for _ in range(peers):
+        own = torch.stack([torch.randperm(chunk * chunk, generator=gen)[:k] for _ in range(n_small)])
+        pick = torch.where((torch.arange(n_small) % 2 == 1)[:, None], shared, own)
+        indices.append(pick.sort(dim=1).values.to(torch.int32))
+        values.append(torch.randn(n_small, k, generator=gen))
+    want = dk.decompress(indices, values, small, chunk, sign=False, backend="reference")
+    big = (small[0] * repeats, small[1])  # 32 MiB of float32
+    out = torch.empty(big)
+    dk.decompress([i.repeat(repeats, 1) for i in indices], [v.repeat(repeats, 1) for v in values],
+                  big, chunk, sign=False, out=out, backend="native")
+    for r in range(repeats):
+        assert_same_bits(out[r * small[0] : (r + 1) * small[0]], want)
+    fresh = dk.decompress([i.repeat(repeats, 1) for i in indices],
+                          [v.repeat(repeats, 1) for v in values], big, chunk, sign=True,
+                          backend="native")
+    assert_same_bits(fresh[: small[0]], torch.sign(want))
+    assert_same_bits(fresh[-small[0] :], torch.sign(want))

@@ -119,14 +119,14 @@ struct OutputSink {
   float* base;     // the chunk's (0, 0)
   int64_t stride;  // floats between rows
   int cn;
-  bool apply_sign;
+  bool apply_sign, streaming;
   template <class V>
   inline __attribute__((always_inline)) void operator()(int i, int j, V y) {
     constexpr int L = sizeof(V) / sizeof(float);
     if (apply_sign) y = sign_of(y);
     float* dst = base + i * stride + j;
     if (j + L <= cn) {
-      exact_store(dst, y);
+      if (!(streaming && stream_store(dst, y))) exact_store(dst, y);
     } else if (j < cn) {
       float lanes[L];
       exact_store(lanes, y);
@@ -141,8 +141,12 @@ template <class Finish>
 void inverse_to(const ChunkBases& b, Scratch& s, Finish finish, OutputSink sink) {
   // Mostly full T (e.g. 8 peers x 32 picks of 64 rows): the mirrored fold over every row
   // costs ~0.78 of the plain fold over all of them, so it wins from ~4/5 of the rows on.
+  // Stores: streaming ones only for the sparse chunks below. Dense chunks have enough
+  // arithmetic between stores to hide the line fills of ordinary ones, and streaming stores
+  // stalled them (docs/cpu-kernels.md).
   if (b.cm_mirror && b.cm >= 4 && marked_rows(b, s) * 5 >= b.cm * 4) {
     first_stage(b, s, finish, true);
+    sink.streaming = false;
     fold_columns_mirrored(b.cm_rows.data(), b.ldm, b.cm, s.partial.data(), b.ldn, b.ldn, sink);
     return;
   }
@@ -154,17 +158,17 @@ void inverse_to(const ChunkBases& b, Scratch& s, Finish finish, OutputSink sink)
     basis = s.basis.data();
   }
   fold_columns(basis, b.ldm, b.cm, s.partial.data(), b.ldn, b.ldn, n_rows, sink);
+  if (sink.streaming) stream_fence();
 }
 
-OutputSink sink_for(const ChunkBases& b, const ChunkSite& site, float* out, bool apply_sign) {
-  return OutputSink{out + site.offset, site.stride, b.cn, apply_sign};
+OutputSink sink_for(const ChunkBases& b, const ChunkSite& site, float* out, bool apply_sign,
+                    bool streaming) {
+  return OutputSink{out + site.offset, site.stride, b.cn, apply_sign, streaming};
 }
 
-// Outputs are written with ordinary stores. Streaming (non-temporal) stores, which skip the
-// line fill, made the 8-peer 4096x4096 decode ~9% slower on this project's Zen 3 VM (two
-// interleaved A/B runs of 10 rounds: 31.7 vs 34.9 and 32.8 vs 35.9 ms), though a bare 64 MiB
-// write was faster with them: inside the fold, write-combining stalls cost more than the
-// line fills they save (docs/cpu-kernels.md).
+// Streaming stores pay when the output is far larger than the caches (it would be evicted
+// before anyone reads it); smaller outputs stay cached for the caller.
+constexpr int64_t kStreamingBytes = int64_t{32} << 20;
 
 // This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
@@ -177,6 +181,7 @@ int for_each_chunk(int64_t total, int cm, int ldn, int threads, Body body) {
 int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
   const ChunkBases& b = chunk_bases(g.cm, g.cn);
   const int E = g.cm * g.cn;
+  const bool streaming = n_chunks(g) * E * 4 >= kStreamingBytes;
   return for_each_chunk(n_chunks(g), g.cm, b.ldn, threads, [&](Scratch& s, int64_t c) {
     for (int u = 0; u < g.cm; ++u)
       for (int v = 0; v < g.cn; ++v) {
@@ -185,7 +190,7 @@ int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
         s.agg[u * b.ldn + v] = a;
         s.mark(u, v);
       }
-    inverse_to(b, s, [](float a, int32_t) { return a; }, sink_for(b, chunk_site(g, c), x, false));
+    inverse_to(b, s, [](float a, int32_t) { return a; }, sink_for(b, chunk_site(g, c), x, false, streaming));
   });
 }
 
@@ -197,6 +202,7 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
   std::map<std::pair<int, int>, std::vector<int32_t>> position_cache;
   std::vector<const ChunkBases*> bases(n_tensors);
   std::vector<const int32_t*> positions(n_tensors);
+  int64_t out_bytes = 0;
   std::vector<int64_t> first_chunk(n_tensors + 1, 0);
   int max_cm = 1, max_ldn = 8;
   for (int t = 0; t < n_tensors; ++t) {
@@ -211,7 +217,9 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
     first_chunk[t + 1] = first_chunk[t] + n_chunks(g);
     max_cm = std::max(max_cm, g.cm);
     max_ldn = std::max(max_ldn, bases[t]->ldn);
+    out_bytes += n_chunks(g) * g.cm * g.cn * 4;
   }
+  const bool streaming = out_bytes >= kStreamingBytes;
   const float peers = static_cast<float>(n_peers);
   const bool sign_codec = value_codec == DK_VALUES_SIGN;
   // Validation is a pass of its own, before any output is written: a call that fails leaves
@@ -305,7 +313,7 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
       const float mean = sum / (reduce == DK_REDUCE_MEAN ? static_cast<float>(n) : peers);
       return std::fabs(mean) < kFlushBelow ? 0.0f : mean;
     };
-    inverse_to(b, s, finish, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0));
+    inverse_to(b, s, finish, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0, streaming));
   });
 }
 

@@ -223,7 +223,7 @@ inline __attribute__((always_inline)) void fold_tile_mirrored(const float* basis
     term(u + 1, true);
   }
   if (u < cm) term(u, false);
-  // row by row, each row's vectors together (one cache line per row at a time)
+  // row by row, each row's vectors together (a streaming store's line fills in one go)
 #pragma GCC unroll 16
   for (int r = 0; r < P; ++r)
 #pragma GCC unroll 16
@@ -269,6 +269,34 @@ inline V sign_of(V y) {
   typedef int32_t VI __attribute__((vector_size(sizeof(V))));
   const VI positive = y > V{}, negative = y < V{};
   return (V)((positive & (VI)exact_splat<V>(1.0f)) | (negative & (VI)exact_splat<V>(-1.0f)));
+}
+
+// A store that bypasses the caches where the set has one and dst is aligned to the vector
+// (the output is written once and not read back by the decode; skipping the line fill saves a
+// read of every output byte). Callers fence once per chunk (stream_fence).
+template <class V>
+inline bool stream_store(float* dst, V y) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) {
+    if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) return _mm512_stream_ps(dst, (__m512)y), true;
+    return false;
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (sizeof(V) == 32) {
+    if (reinterpret_cast<uintptr_t>(dst) % 32 == 0) return _mm256_stream_ps(dst, (__m256)y), true;
+    return false;
+  }
+#endif
+  (void)dst;
+  (void)y;
+  return false;
+}
+
+inline void stream_fence() {
+#if defined(__AVX2__) || defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 }  // namespace
