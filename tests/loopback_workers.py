@@ -21,6 +21,16 @@ def master_store() -> dist.TCPStore:
                          wait_for_workers=False)
 
 
+def barrier(store, name: str, n: int, timeout: float = 60.0) -> None:
+    """Waits (polling the store) until ``n`` workers have reached barrier ``name``."""
+    store.add(f"barrier/{name}", 1)
+    end = time.monotonic() + timeout
+    while int(store.add(f"barrier/{name}", 0)) < n:
+        if time.monotonic() > end:
+            raise TimeoutError(f"barrier {name}")
+        time.sleep(0.002)
+
+
 def run_workers(target, args_per_rank: list[tuple], master, budget_s: float) -> dict[int, dict]:
     """Starts ``target(*args)`` per rank, waits at most ``budget_s`` in all (then kills what
     still runs), and returns each rank's ``result/<rank>`` report; a missing report or one

@@ -41,7 +41,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from loopback_workers import master_store, run_workers
+from loopback_workers import barrier, master_store, run_workers
 
 WORLD = 4
 BAD = 3
@@ -61,15 +61,6 @@ MIB = 1 << 20
 
 def _h(b: bytes) -> str:
     return hashlib.blake2b(bytes(b), digest_size=16).hexdigest()
-
-
-def _barrier(store, name: str, n: int, timeout: float = 60.0) -> None:
-    store.add(f"barrier/{name}", 1)
-    end = time.monotonic() + timeout
-    while int(store.add(f"barrier/{name}", 0)) < n:
-        if time.monotonic() > end:
-            raise TimeoutError(f"barrier {name}")
-        time.sleep(0.002)
 
 
 def _rss_peak_mib() -> float:
@@ -286,7 +277,7 @@ def _worker(rank: int, port: int, key_hex: str, manifest_json: str) -> None:
         log["default_is_store"] = isinstance(
             tp.default_transport(deadline=DEADLINE, namespace="attack/dflt"), tp.StoreTransport)
         for step, phase in enumerate(PHASES):
-            _barrier(store, phase, WORLD)
+            barrier(store, phase, WORLD)
             if phase == "gloo_big":
                 peer.gloo = tp.GlooTransport(deadline=GLOO_DEADLINE, layout=peer.layout)
             if rank == BAD:
@@ -305,7 +296,7 @@ def _worker(rank: int, port: int, key_hex: str, manifest_json: str) -> None:
             else:
                 log[phase] = peer.honest(step)
         phase = "end"
-        _barrier(store, "end", WORLD)
+        barrier(store, "end", WORLD)
     except BaseException as e:  # report, then die without teardown
         log["error"] = f"in phase {phase}: {type(e).__name__}: {e}"
     store.set(f"result/{rank}", json.dumps(log))

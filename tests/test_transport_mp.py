@@ -32,7 +32,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from loopback_workers import master_store, run_workers
+from loopback_workers import barrier, master_store, run_workers
 
 WORLD = 4
 DEADLINE = 3.0
@@ -45,15 +45,6 @@ SHAPES = [(256, 128), (512,), (7, 13)]
 
 def _h(b: bytes) -> str:
     return hashlib.blake2b(b, digest_size=8).hexdigest()
-
-
-def _barrier(store, name: str, n: int, timeout: float = 60.0) -> None:
-    store.add(f"barrier/{name}", 1)
-    end = time.monotonic() + timeout
-    while int(store.add(f"barrier/{name}", 0)) < n:
-        if time.monotonic() > end:
-            raise TimeoutError(f"barrier {name}")
-        time.sleep(0.005)
 
 
 def _payload(layout, rank: int, step: int):
@@ -99,7 +90,7 @@ def _worker(rank: int, world: int, port: int) -> None:
         garbage = bytes((rank * 37 + i * 11) % 256 for i in range(3000))
 
         # A: store, all valid; record raw bytes (st.last) and parsed peers
-        _barrier(store, "A", world)
+        barrier(store, "A", world)
         p = _payload(layout, rank, 0)
         res = tp.exchange_payloads(st, p)
         log["A"] = {**_record(st.last, p.to_bytes()), "parsed": list(res.payloads)}
@@ -111,27 +102,27 @@ def _worker(rank: int, world: int, port: int) -> None:
         log["A3"] = _record(tp.exchange(p.to_bytes()), p.to_bytes())
 
         # B: store, peer 1 sends garbage
-        _barrier(store, "B", world)
+        barrier(store, "B", world)
         if rank == 1:
             log["B"] = _record(st.exchange(garbage, step=1), garbage)
         else:
             log["B"] = _record(tp.exchange_payloads(st, _payload(layout, rank, 1)))
 
         # C: store, peer 2 posts after the roster of step 2 exists
-        _barrier(store, "C", world)
+        barrier(store, "C", world)
         if rank == 2:
             while not st.store.check(["2/roster"]):
                 time.sleep(0.005)
         log["C"] = _record(tp.exchange_payloads(st, _payload(layout, rank, 2)))
 
         # D: gloo, all valid
-        _barrier(store, "D", world)
+        barrier(store, "D", world)
         p = _payload(layout, rank, 10)
         gl_res = gl.exchange(p.to_bytes(), step=10)
         log["D"] = _record(gl_res, p.to_bytes())
 
         # E: gloo, peer 1 garbage
-        _barrier(store, "E", world)
+        barrier(store, "E", world)
         if rank == 1:
             log["E"] = _record(gl.exchange(garbage, step=11), garbage)
         else:
@@ -139,17 +130,17 @@ def _worker(rank: int, world: int, port: int) -> None:
         save()
 
         # F: peer 3 dies at the start of the step
-        _barrier(store, "F", world)
+        barrier(store, "F", world)
         if rank == 3:
             os._exit(0)
         log["F"] = _record(tp.exchange_payloads(st, _payload(layout, rank, 3)))
 
         # G: survivors, one more store step
-        _barrier(store, "G", world - 1)
+        barrier(store, "G", world - 1)
         log["G"] = _record(tp.exchange_payloads(st, _payload(layout, rank, 4)))
 
         # H: survivors on the gloo group: must fail promptly with TransportError
-        _barrier(store, "H", world - 1)
+        barrier(store, "H", world - 1)
         t0 = time.monotonic()
         try:
             gl.exchange(b"x" * 10, step=12)
