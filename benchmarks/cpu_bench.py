@@ -6,8 +6,9 @@ process in interleaved rounds (the order flips every round), so machine drift an
 both sides alike. The exact ``reference`` backend (SPEC 4's canonical folds in eager torch) is a
 second column, timed in the first ``--reference-rounds`` rounds only (it is slow).
 
-Per shape, three comparisons:
-  encode   ``dk.demo_step_`` vs ``baseline.encode_step`` (momentum, DCT, top-k, error feedback)
+Per shape, these comparisons:
+  encode   ``dk.demo_step_`` vs ``baseline.encode_step`` (momentum, DCT, top-k, error feedback),
+           then ``dk.demo_step_coeffs_many_`` (the momentum kept as DCT coefficients) vs the same
   decode   ``dk.decompress`` of 8 peers + sign vs ``baseline.decode_peers``, then again with
            ours writing one reused buffer (``out=``)
   demo     one ``DeMo`` optimizer step on a model (this weight + 4 small tensors, world size 1)
@@ -100,6 +101,20 @@ def encode_case(shape) -> Case:
     }, slow={"eager DeMo", "reference"})
 
 
+def encode_coeffs_case(shape) -> Case:
+    """The same step with the momentum kept as DCT coefficients (``demo_step_coeffs_many_``):
+    no inverse transform, contiguous state. The eager side is the same as in ``encode_case``."""
+    grad = torch.randn(shape)
+    ours = dk.dct(torch.randn(shape) * 0.01, backend="cpu")
+    eager, exact = (torch.randn(shape) * 0.01 for _ in range(2))
+    exact_state = dk.dct(exact, backend="reference")
+    return Case("encode step, DCT-domain momentum", shape, {
+        "cpu": lambda: dk.demo_step_coeffs_many_([ours], [grad], k=K, backend="cpu"),
+        "eager DeMo": lambda: baseline.encode_step(eager, grad, 0.999, 1.0, K),
+        "reference": lambda: dk.demo_step_coeffs_many_([exact_state], [grad], k=K, backend="reference"),
+    }, slow={"eager DeMo", "reference"})
+
+
 def decode_case(shape, into: bool = False) -> Case:
     """``into``: ours decodes into one reused buffer (``out=``, as a training loop would),
     sparing the page faults of fresh memory; the eager side allocates as DeMo's code does."""
@@ -168,7 +183,8 @@ def main(argv=None) -> None:
           f"rounds={args.rounds}  load average at start: {load_average()}")
     rows = []
     for shape in shapes:
-        cases = [encode_case(shape), decode_case(shape), decode_case(shape, into=True)]
+        cases = [encode_case(shape), encode_coeffs_case(shape), decode_case(shape),
+                 decode_case(shape, into=True)]
         cases += [demo_case(shape)] if shape in demo_shapes else []
         for case in cases:
             case.run(args.rounds, args.reference_rounds)

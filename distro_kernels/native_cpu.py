@@ -77,6 +77,19 @@ def demo_step_many_(deltas, grads, plans, beta, lr, k) -> tuple[torch.Tensor, to
     return indices, values
 
 
+def demo_step_coeffs_many_(states, grads, plans, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
+    total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
+    indices = torch.empty(total, dtype=torch.int32)
+    values = torch.empty(total)
+    status = cpu_ext.demo_step_coeffs(
+        [s.data_ptr() for s in states], [g.data_ptr() for g in grads],
+        [_DTYPE_CODES[g.dtype] for g in grads], [_geometry(p) for p in plans],
+        float(beta), float(lr), int(k), indices.data_ptr(), values.data_ptr(), _threads(),
+    )
+    _check(status, "demo_step_coeffs_many_")
+    return indices, values
+
+
 def demo_step_(delta, grad, plan, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
     indices, values = demo_step_many_([delta], [grad], [plan], beta, lr, k)
     shape = (plan.n_chunks, plan.k_eff(k))

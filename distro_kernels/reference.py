@@ -83,6 +83,23 @@ def demo_step_many_(deltas, grads, plans, beta, lr, k) -> tuple[torch.Tensor, to
     )
 
 
+def demo_step_coeffs_many_(states, grads, plans, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC 3 with the momentum in the DCT domain (``states[t]``: ``(n_chunks, E)``, as
+    :func:`dct` returns): ``X = beta*S + lr*DCT(grad)``; select on ``X``; ``S = X`` with the
+    selected entries zeroed (what is sent leaves the momentum). Flat like :func:`demo_step_many_`.
+    Serves every device that has no kernel of its own (plain torch)."""
+    steps = []
+    for state, grad, plan in zip(states, grads, plans):
+        state.mul_(beta).add_(dct(grad, plan), alpha=lr)
+        indices, values = select_topk(state, plan.k_eff(k))
+        state.scatter_(1, indices.long(), 0.0)
+        steps.append((indices, values))
+    return (
+        torch.cat([indices.reshape(-1) for indices, _ in steps]),
+        torch.cat([values.reshape(-1) for _, values in steps]),
+    )
+
+
 def pack_signs(values: torch.Tensor) -> torch.Tensor:
     """1 bit per value, bit = signbit, LSB-first: value ``i`` is bit ``i % 8`` of byte ``i // 8``."""
     flat = values.reshape(-1)

@@ -1,5 +1,5 @@
 """Every compiled CPU kernel set (generic, AVX2, AVX-512) decodes to the same bits and encodes
-within SPEC 6, on the matrix-product chunk sides and on the fast-DCT ones (16, 32, 64), and on
+(``demo_step_`` and ``demo_step_coeffs_many_``) within SPEC 6, on the matrix-product chunk sides and on the fast-DCT ones (16, 32, 64), and on
 1-D tensors long enough for the batched path (blocks of cn chunks of cn elements) plus a tail.
 
 Dispatch picks the best set for the machine, so the others are forced per process with
@@ -39,6 +39,9 @@ for seed, shape, chunk in [(0, (96, 128), 64), (1, (3, 29, 48), 64), (2, (130,),
     delta, grad = torch.zeros(shape), torch.randn(shape, generator=g)
     i, v = dk.demo_step_(delta, grad, k=7, chunk=chunk, backend="cpu")
     out["encode"].append([i.tolist(), v.tolist(), delta.flatten().tolist()])
+    state = dk.dct(torch.randn(shape, generator=g), chunk, backend="reference")
+    (i,), (v,) = dk.demo_step_coeffs_many_([state], [grad], k=7, chunk=chunk, backend="cpu")
+    out["encode"].append([i.tolist(), v.tolist(), state.flatten().tolist()])
 # 8 peers x 32 picks of 64x64 chunks: nearly every row of T nonzero (the mirrored second stage)
 g = torch.Generator().manual_seed(9)
 peers = [dk.compress(torch.randn(128, 192, generator=g), k=32, chunk=64, backend="reference") for _ in range(8)]

@@ -14,7 +14,7 @@ from distro_kernels import dispatch
 
 ops = torch.ops.distro_kernels
 OP_NAMES = ["dct", "idct", "compress", "decompress", "decompress_many", "decompress_many_into_", "demo_step_",
-            "demo_step_many_", "pack_signs", "unpack_signs"]
+            "demo_step_many_", "demo_step_coeffs_many_", "pack_signs", "unpack_signs"]
 
 
 def test_every_op_is_registered():
@@ -67,6 +67,9 @@ def _samples(backend):
     out.append((ops.demo_step_many_.default,
                 ([torch.randn(6, 10, generator=g), torch.randn(5, generator=g)],
                  [x, torch.randn(5, generator=g).to(torch.bfloat16)], 0.9, 1.0, 3, 4)))
+    states = [torch.randn(p.n_chunks, p.E, generator=g) for p in (sn.plan((6, 10), 4), sn.plan((5,), 4))]
+    out.append((ops.demo_step_coeffs_many_.default,
+                (states, [x, torch.randn(5, generator=g).to(torch.bfloat16)], 0.9, 1.0, 3, 4)))
     return out
 
 
@@ -251,6 +254,25 @@ def test_compile_demo_step_many(backend):
         a_i, a_v = step(d1, grads)
         b_i, b_v = compiled(d2, grads)
     for x, y in zip(a_i + a_v + d1, b_i + b_v + d2):
+        assert torch.equal(x, y)
+
+
+def test_compile_demo_step_coeffs_many(backend):
+    torch._dynamo.reset()
+
+    def step(states, grads):
+        return dk.demo_step_coeffs_many_(states, grads, 0.9, 1.0, 3, 8)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    shapes = [(16, 24), (7,), (3, 5, 7)]
+    states = [dk.dct(randn(s, i), 8, backend="reference") for i, s in enumerate(shapes)]
+    grads = [randn(s, 10 + i) for i, s in enumerate(shapes)]
+    s1 = [s.clone() for s in states]
+    s2 = [s.clone() for s in states]
+    with dispatch.forced(backend):
+        a_i, a_v = step(s1, grads)
+        b_i, b_v = compiled(s2, grads)
+    for x, y in zip(a_i + a_v + s1, b_i + b_v + s2):
         assert torch.equal(x, y)
 
 

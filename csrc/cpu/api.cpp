@@ -120,6 +120,18 @@ int dk_demo_step(int32_t n_tensors, float* const* deltas, const void* const* gra
                      values, threads_or_default(threads));
 }
 
+int dk_demo_step_coeffs(int32_t n_tensors, float* const* states, const void* const* grads,
+                        const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,
+                        int32_t k, int32_t* indices, float* values, int32_t threads) {
+  if (n_tensors < 1 || !states || !grads || !grad_dtypes || !geoms || !indices || !values || k < 1)
+    return DK_ERR_ARGUMENT;
+  for (int t = 0; t < n_tensors; ++t)
+    if (!states[t] || !grads[t] || !dtype_ok(grad_dtypes[t]) || !dk::geometry_ok(&geoms[t]))
+      return DK_ERR_ARGUMENT;
+  return DK_DISPATCH(demo_step_coeffs, n_tensors, states, grads, grad_dtypes, geoms, beta, lr, k,
+                     indices, values, threads_or_default(threads));
+}
+
 int dk_decompress(int32_t n_peers, const int32_t* const* indices, const void* const* values,
                   int32_t value_codec, const dk_geometry* g, int32_t k_eff, int32_t reduce,
                   int32_t apply_sign, float* out, int32_t threads, int32_t* bad_peer) {

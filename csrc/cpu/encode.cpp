@@ -277,6 +277,35 @@ void demo_step_rows(const ChunkBases& b, float* state, const float* grad, float 
   std::memcpy(state, block, sizeof(float) * c * c);
 }
 
+// demo_step_rows with the momentum as coefficients: block row r is chunk c0 + r, whose state
+// row is states + r * c. X = beta * S + lr * DCT(grad) per row, then the per-row top-k, and S
+// keeps X with the picks zeroed.
+void demo_step_coeff_rows(const ChunkBases& b, float* state, const float* grad, float beta, float lr,
+                          int k, Scratch& s, int32_t* out_index, float* out_value) {
+  const int c = b.cn;
+  float* transposed = s.half_a.data();
+  float* coeffs = s.coeffs.data();
+  transpose_block(grad, c, transposed, c, c, c);  // transposed[j][r] = grad of chunk r at j
+  auto row_at = [&](int i, int col) { return load_vec<LeeVec>(transposed + i * c + col); };
+  lee_dct_strips_n<LeeVec>(c, row_at, transposed, c, c, DctScale::kOrthonormal);  // [u][r]
+  transpose_block(transposed, c, coeffs, c, c, c);                               // [r][u]
+  const v8f beta_v = vsplat(beta), lr_v = vsplat(lr);
+  for (int e = 0; e < c * c; e += kLanes) {
+    const v8f updated = vfma(beta_v, vload(state + e), lr_v * vload(coeffs + e));
+    vstore(coeffs + e, updated);
+    vstore(state + e, updated);
+  }
+  for (int r = 0; r < c; ++r) {
+    int32_t* picked = out_index + r * k;
+    const float* x = coeffs + r * c;
+    s.selector.select(x, c, 1, c, k, picked, nullptr);
+    for (int q = 0; q < k; ++q) {
+      out_value[r * k + q] = x[picked[q]];
+      state[r * c + picked[q]] = 0.0f;
+    }
+  }
+}
+
 // Runs body(scratch, chunk) over every chunk in parallel; returns DK_ERR_ALLOC on failure.
 // This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
@@ -415,6 +444,83 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
         for (int j = 0; j < g.cn; j += kLanes) vstore(dst + j, vload(src + j));
       else
         std::memcpy(dst, src, sizeof(float) * g.cn);
+    }
+  });
+}
+
+int demo_step_coeffs(int n_tensors, float* const* states, const void* const* grads,
+                     const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,
+                     int k, int32_t* indices, float* values, int threads) {
+  // SPEC 3 with the momentum kept in the DCT domain (chunk c's coefficients at state + c * E):
+  // X = beta * S + lr * DCT(grad), select on X, S = X with the picks zeroed. One forward
+  // transform of the gradient per chunk, no inverse, and the state is read and written as
+  // one contiguous block.
+  // Work units as in demo_step: batched_rows tensors go cn chunks at a time first.
+  std::vector<const ChunkBases*> bases(n_tensors);
+  std::vector<int64_t> first_unit(n_tensors + 1, 0), first_out(n_tensors + 1, 0), blocks(n_tensors, 0);
+  std::vector<int> k_eff(n_tensors);
+  int max_c = 1, max_k = 1;
+  for (int t = 0; t < n_tensors; ++t) {
+    const dk_geometry& g = geoms[t];
+    bases[t] = &chunk_bases(g.cm, g.cn);
+    k_eff[t] = std::min(k, g.cm * g.cn);
+    if (batched_rows(g, grad_dtypes[t])) blocks[t] = n_chunks(g) / g.cn;
+    first_unit[t + 1] = first_unit[t] + n_chunks(g) - blocks[t] * (g.cn - 1);
+    first_out[t + 1] = first_out[t] + n_chunks(g) * k_eff[t];
+    max_c = std::max({max_c, g.cm, g.cn});
+    max_k = std::max(max_k, k_eff[t]);
+  }
+  return for_each_chunk(first_unit[n_tensors], max_c, max_k, threads, [&](Scratch& s, int64_t global) {
+    const int t = static_cast<int>(std::upper_bound(first_unit.begin(), first_unit.end(), global) -
+                                   first_unit.begin()) - 1;
+    const int64_t unit = global - first_unit[t];
+    const dk_geometry& g = geoms[t];
+    const ChunkBases& b = *bases[t];
+    const int kk = k_eff[t], E = g.cm * g.cn;
+    if (unit < blocks[t]) {
+      const int64_t c0 = unit * g.cn;
+      demo_step_coeff_rows(b, states[t] + c0 * E, static_cast<const float*>(grads[t]) + c0 * g.cn, beta, lr,
+                           kk, s, indices + first_out[t] + c0 * kk, values + first_out[t] + c0 * kk);
+      return;
+    }
+    const int64_t c = unit + blocks[t] * (g.cn - 1);
+    if (c + 2 < n_chunks(g)) prefetch_chunk(grads[t], dtype_bytes(grad_dtypes[t]), chunk_site(g, c + 2), g.cm, g.cn);
+    load_block(grads[t], grad_dtypes[t], chunk_site(g, c), b, s.block.data());
+    const float scale = lr * forward(b, s.block.data(), s, s.coeffs.data(), DctScale::kRelative);
+    float* const state = states[t] + c * E;
+    float* const X = s.coeffs.data();
+    uint32_t* const row_max = s.row_max.data();  // the selection's bound, taken in passing
+    const v8f beta_v = vsplat(beta), scale_v = vsplat(scale);
+    for (int u = 0; u < g.cm; ++u) {
+      float* const x = X + u * b.ldn;
+      float* const st = state + u * g.cn;
+      v8i best = {};
+      int v = 0;
+      for (; v + kLanes <= g.cn; v += kLanes) {
+        const v8f updated = vfma(beta_v, vload(st + v), scale_v * vload(x + v));
+        vstore(x + v, updated);
+        vstore(st + v, updated);
+        const v8i key = (v8i)updated & 0x7fffffff;
+        best = best > key ? best : key;
+      }
+      uint32_t top = 0;
+      for (int l = 0; l < kLanes; ++l) top = std::max(top, static_cast<uint32_t>(best[l]));
+      for (; v < g.cn; ++v) {
+        const float updated = beta * st[v] + scale * x[v];
+        x[v] = st[v] = updated;
+        uint32_t key;
+        std::memcpy(&key, &updated, 4);
+        top = std::max(top, key & 0x7fffffffu);
+      }
+      row_max[u] = top;
+    }
+    int32_t* const out_index = indices + first_out[t] + c * kk;
+    float* const out_value = values + first_out[t] + c * kk;
+    s.selector.select(X, b.ldn, g.cm, g.cn, kk, out_index, row_max);
+    for (int q = 0; q < kk; ++q) {
+      const int e = out_index[q];
+      out_value[q] = X[(e / g.cn) * b.ldn + e % g.cn];
+      state[e] = 0.0f;  // what is sent leaves the momentum
     }
   });
 }

@@ -16,6 +16,9 @@
   int demo_step(int n_tensors, float* const* deltas, const void* const* grads,                   \
                 const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,     \
                 int k, int32_t* indices, float* values, int threads);                            \
+  int demo_step_coeffs(int n_tensors, float* const* states, const void* const* grads,            \
+                       const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr, \
+                       int k, int32_t* indices, float* values, int threads);                     \
   int idct(const float* coeffs, const dk_geometry& g, float* x, int threads);                   \
   int decompress(int n_tensors, int n_peers, const int32_t* const* indices,                     \
                  const void* const* values, int value_codec, const dk_geometry* geoms,           \

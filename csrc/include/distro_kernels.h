@@ -55,6 +55,14 @@ int dk_demo_step(int32_t n_tensors, float* const* deltas, const void* const* gra
                  const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,
                  int32_t k, int32_t* indices, float* values, int32_t threads);
 
+/* dk_demo_step with the momentum kept in the DCT domain (SPEC 3 allows it): states[t] holds
+ * tensor t's chunk coefficients, (n_chunks, E) float32 as dk_dct writes them. Per chunk:
+ * X = beta * S + lr * DCT(grad); select on X; S = X with the selected entries zeroed.
+ * The values are the selected X; dk_idct of a state gives the momentum in the tensor's layout. */
+int dk_demo_step_coeffs(int32_t n_tensors, float* const* states, const void* const* grads,
+                        const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,
+                        int32_t k, int32_t* indices, float* values, int32_t threads);
+
 /* SPEC section 4 decode of n_peers payloads for one tensor, in peer order. values[p] is
  * float32 (DK_VALUES_F32) or pack_signs bytes (DK_VALUES_SIGN). On a content error the
  * first offending peer is written to *bad_peer and out is left as it was (every chunk is

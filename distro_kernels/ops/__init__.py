@@ -8,6 +8,7 @@ from .api import (
     decompress,
     decompress_many,
     demo_step_,
+    demo_step_coeffs_many_,
     demo_step_many_,
     demo_step_many_flat_,
     idct,
@@ -17,6 +18,6 @@ from .api import (
 from .arguments import split_flat
 
 __all__ = [
-    "compress", "dct", "decompress", "decompress_many", "demo_step_", "demo_step_many_",
+    "compress", "dct", "decompress", "decompress_many", "demo_step_", "demo_step_coeffs_many_", "demo_step_many_",
     "demo_step_many_flat_", "idct", "pack_signs", "split_flat", "unpack_signs",
 ]

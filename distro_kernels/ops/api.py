@@ -171,3 +171,27 @@ def demo_step_many_flat_(deltas, grads, beta=0.999, lr=1.0, k=32, chunk=64, *, b
         require_tensor(f"deltas[{t}]", d)
         require_tensor(f"grads[{t}]", g)
     return _run(backend, op.demo_step_many_, list(deltas), list(grads), float(beta), float(lr), k, chunk)
+
+
+def demo_step_coeffs_many_(
+    states: Sequence[Tensor], grads: Sequence[Tensor], beta: float = 0.999, lr: float = 1.0,
+    k: int = 32, chunk: int = 64, *, backend: str = "auto",
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The DeMo encode of :func:`demo_step_many_` with the momentum kept in the DCT domain
+    (SPEC 3 allows it), in place on ``states``.
+
+    ``states[t]`` holds tensor ``t``'s momentum as chunk coefficients: float32
+    ``(n_chunks, E)``, the layout :func:`dct` returns for the gradient's shape (start from
+    ``dct(torch.zeros_like(p))``, or ``dct(delta)`` of an existing momentum; ``idct(state,
+    p.shape)`` reads it back). Per chunk: ``X = beta * S + lr * DCT(grad)``, the top ``k`` of
+    ``X`` are sent, and ``S = X`` with them zeroed. The same step as :func:`demo_step_many_`
+    up to float32 rounding, with no inverse transform and the state read and written in
+    contiguous blocks. Returns per-tensor ``(indices, values)`` like :func:`demo_step_many_`.
+    Native on CPU; other devices run the eager composite (``dct``, then the selection).
+    """
+    for t, (s, g) in enumerate(zip(states, grads)):
+        require_tensor(f"states[{t}]", s)
+        require_tensor(f"grads[{t}]", g)
+    flat_indices, flat_values = _run(backend, op.demo_step_coeffs_many_, list(states), list(grads),
+                                     float(beta), float(lr), k, chunk)
+    return split_flat(flat_indices, flat_values, [g.shape for g in grads], k, chunk)

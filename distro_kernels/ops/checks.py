@@ -80,6 +80,31 @@ def demo_steps(deltas: Sequence[Tensor], grads: Sequence[Tensor], chunk: int, k:
     return plans
 
 
+def demo_steps_coeffs(states: Sequence[Tensor], grads: Sequence[Tensor], chunk: int, k: int,
+                      memory: bool = True) -> list[ChunkPlan]:
+    """Plans from the gradients' shapes; each state is that plan's ``(n_chunks, E)`` float32
+    coefficients, contiguous (updated in place)."""
+    if len(states) != len(grads) or not states:
+        raise ValueError("states and grads must be non-empty lists of equal length")
+    check_chunk_k(chunk, k)
+    plans = []
+    for t, (state, grad) in enumerate(zip(states, grads)):
+        name = f"state of tensor {t}"
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.float32:
+            raise TypeError(f"{name} (the momentum's DCT coefficients) must be a float32 tensor")
+        if not state.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (it is updated in place)")
+        check_float(f"grad of tensor {t}", grad)
+        plan = chunk_plan(grad.shape, chunk)
+        check_shape_matches(name, state, (plan.n_chunks, plan.elements_per_chunk))
+        plans.append(plan)
+    check_one_device("demo_step_coeffs_many_", [*states, *grads])
+    if memory:
+        check_no_overlap([(f"state of tensor {t}", s) for t, s in enumerate(states)],
+                         [(f"grad of tensor {t}", g) for t, g in enumerate(grads)])
+    return plans
+
+
 def decompress(indices_list, values_list, shape, chunk, reduce, value_codec, policy) -> ChunkPlan:
     check_chunk_k(chunk)
     plan = chunk_plan(shape, chunk, policy)

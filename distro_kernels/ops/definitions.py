@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import dispatch
+from .. import dispatch, reference
 from . import checks
 from .arguments import as_float, codec_values, dense
 
@@ -112,6 +112,25 @@ def _(deltas, grads, beta, lr, k, chunk):
     plans = checks.demo_steps(deltas, grads, chunk, k, memory=False)
     total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
     return deltas[0].new_empty(total, dtype=torch.int32), deltas[0].new_empty(total)
+
+
+def _demo_step_coeffs_many_(states: list[Tensor], grads: list[Tensor], beta: float, lr: float,
+                            k: int, chunk: int) -> tuple[Tensor, Tensor]:
+    plans = checks.demo_steps_coeffs(states, grads, chunk, k)
+    module = dispatch.select(states[0].device)
+    # devices without a fused kernel run the eager composite (DCT, then selection)
+    step = getattr(module, "demo_step_coeffs_many_", None) or reference.demo_step_coeffs_many_
+    return step(states, dense(grads), plans, beta, lr, k)
+
+
+demo_step_coeffs_many_ = _define(_demo_step_coeffs_many_, mutates_args=("states",))
+
+
+@demo_step_coeffs_many_.register_fake
+def _(states, grads, beta, lr, k, chunk):
+    plans = checks.demo_steps_coeffs(states, grads, chunk, k, memory=False)
+    total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
+    return states[0].new_empty(total, dtype=torch.int32), states[0].new_empty(total)
 
 
 # ----------------------------------------------------------------------------- decode
@@ -216,5 +235,5 @@ def _(packed, n):
     return packed.new_empty((n,), dtype=torch.float32)
 
 
-ALL_OPS = (dct, idct, compress, demo_step_, demo_step_many_, decompress, decompress_many,
-           decompress_many_into_, pack_signs, unpack_signs)
+ALL_OPS = (dct, idct, compress, demo_step_, demo_step_many_, demo_step_coeffs_many_, decompress,
+           decompress_many, decompress_many_into_, pack_signs, unpack_signs)
