@@ -12,7 +12,8 @@ Per shape, these comparisons:
   decode   ``dk.decompress`` of 8 peers + sign vs ``baseline.decode_peers``, then again with
            ours writing one reused buffer (``out=``)
   demo     one ``DeMo`` optimizer step on a model (this weight + 4 small tensors, world size 1)
-           vs ``baseline.EagerDeMoStep`` (``--demo`` shapes only)
+           vs ``baseline.EagerDeMoStep`` (the first shape only), then the same with
+           ``DeMo(momentum="dct")``
 
 Each round times the ``cpu`` side as the median of 3 calls and the eager side once; the table
 gives medians and [min, max] over rounds, and the per-round ratio eager / cpu.
@@ -131,7 +132,8 @@ def decode_case(shape, into: bool = False) -> Case:
     }, slow={"eager DeMo", "reference"})
 
 
-def demo_case(shape) -> Case:
+def demo_case(shape, momentum: str = "param") -> Case:
+    """``momentum="dct"``: ours keeps the momentum as DCT coefficients (``DeMo(momentum=)``)."""
     shapes = [shape] + SMALL_TENSORS
     grads = [torch.randn(s) for s in shapes]
 
@@ -142,9 +144,11 @@ def demo_case(shape) -> Case:
             p.grad = g.clone()
         return params
 
-    ours, eager = DeMo(model(), lr=1e-3, backend="cpu"), baseline.EagerDeMoStep(model(), lr=1e-3)
+    ours = DeMo(model(), lr=1e-3, backend="cpu", momentum=momentum)
+    eager = baseline.EagerDeMoStep(model(), lr=1e-3)
     n = sum(torch.Size(s).numel() for s in shapes)
-    return Case(f"DeMo step ({len(shapes)} tensors, {n / 1e6:.1f}M)", shape,
+    name = f"DeMo step ({len(shapes)} tensors, {n / 1e6:.1f}M)" + (", dct" if momentum == "dct" else "")
+    return Case(name, shape,
                 {"cpu": ours.step, "eager DeMo": eager.step}, slow={"eager DeMo"})
 
 
@@ -185,7 +189,7 @@ def main(argv=None) -> None:
     for shape in shapes:
         cases = [encode_case(shape), encode_coeffs_case(shape), decode_case(shape),
                  decode_case(shape, into=True)]
-        cases += [demo_case(shape)] if shape in demo_shapes else []
+        cases += [demo_case(shape), demo_case(shape, "dct")] if shape in demo_shapes else []
         for case in cases:
             case.run(args.rounds, args.reference_rounds)
             rows += case.rows()

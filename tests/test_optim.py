@@ -411,3 +411,89 @@ def test_gradients_sharing_memory_get_fresh_updates():
     for a, b in zip(shared, separate):
         assert torch.equal(a, b) and torch.equal(a.grad, b.grad)
     assert shared[0].grad.data_ptr() != base.data_ptr()  # replaced, not written in place
+
+
+# ----------------------------------------------------------------------------- momentum="dct"
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["cpu"] if HAS_CPU else []))
+@pytest.mark.parametrize("codec", ["f32", "sign"])
+def test_dct_momentum_takes_the_same_steps(backend, codec):
+    """momentum="dct" sends the same picks with the same values up to float32 rounding, so
+    sign-SGD moves the parameters identically; the momenta agree in the parameter's layout."""
+    grads = _grads(SHAPES, 1, 5, seed=21)
+    kw = dict(lr=0.01, weight_decay=0.1, value_codec=codec, backend=backend)
+    params_a, params_b = _make_params(SHAPES), _make_params(SHAPES)
+    opt_a, opt_b = DeMo(params_a, **kw), DeMo(params_b, momentum="dct", **kw)
+    for grads_step in grads:
+        for params, opt in ((params_a, opt_a), (params_b, opt_b)):
+            for p, g in zip(params, grads_step[0]):
+                p.grad = g.clone()
+            opt.prepare()
+        # the same indices, values within float32 rounding of the two transforms' orders
+        for (ia, va), (ib, vb) in zip(_pending_picks(opt_a), _pending_picks(opt_b)):
+            assert torch.equal(ia, ib)
+            torch.testing.assert_close(vb, va, rtol=1e-5, atol=1e-6 * float(va.abs().max()))
+        for opt in (opt_a, opt_b):
+            opt.apply({0: opt._pending[1]})
+        for a, b in zip(params_a, params_b):
+            assert torch.equal(a, b)
+    for pa, pb in zip(params_a, params_b):
+        assert set(opt_b.state[pb]) == {"delta_dct"}
+        d = opt_a.state[pa]["delta"]
+        # scale: lr * |grad| ~ 0.01 (a tensor whose coefficients are all sent has delta ~ 0)
+        scale = max(0.01, float(d.abs().max()))
+        torch.testing.assert_close(opt_b.momentum_of(pb), d, rtol=1e-5, atol=1e-5 * scale)
+        assert opt_a.momentum_of(pa) is d
+
+
+def _pending_picks(opt):
+    payload = opt._pending[0]
+    return [payload.tensor(t) for t in range(len(payload.indices))]
+
+
+def test_dct_momentum_checkpoints_resume_bit_identical_and_convert(tmp_path):
+    grads = _grads(SHAPES, 1, 6, seed=22)
+    kw = dict(lr=0.01, backend="reference")
+    params_a = _make_params(SHAPES)
+    opt_a = DeMo(params_a, momentum="dct", **kw)
+    _train(params_a, opt_a, grads)
+    params_b = _make_params(SHAPES)
+    opt_b = DeMo(params_b, momentum="dct", **kw)
+    _train(params_b, opt_b, grads[:3])
+    path = tmp_path / "ckpt.pt"
+    torch.save({"params": [p.detach() for p in params_b], "opt": opt_b.state_dict()}, path)
+    ckpt = torch.load(path, weights_only=True)
+    params_c = [torch.nn.Parameter(t.clone()) for t in ckpt["params"]]
+    opt_c = DeMo(params_c, momentum="dct", **kw)
+    opt_c.load_state_dict(ckpt["opt"])
+    _train(params_c, opt_c, grads[3:])
+    for a, c in zip(params_a, params_c):
+        assert torch.equal(a, c)
+    for pa, pc in zip(params_a, params_c):
+        assert torch.equal(opt_a.state[pa]["delta_dct"], opt_c.state[pc]["delta_dct"])
+    # either layout loads a checkpoint of the other one, converted
+    as_param = DeMo(_make_params(SHAPES), **kw)
+    as_param.load_state_dict(opt_b.state_dict())
+    back = DeMo(_make_params(SHAPES), momentum="dct", **kw)
+    back.load_state_dict(as_param.state_dict())
+    for pb, pp, pd in zip(params_b, as_param.param_groups[0]["params"], back.param_groups[0]["params"]):
+        assert set(as_param.state[pp]) == {"delta"} and set(back.state[pd]) == {"delta_dct"}
+        want = opt_b.momentum_of(pb)
+        scale = max(0.01, float(want.abs().max()))
+        torch.testing.assert_close(as_param.state[pp]["delta"], want, rtol=0, atol=1e-6 * scale)
+        torch.testing.assert_close(back.state[pd]["delta_dct"], opt_b.state[pb]["delta_dct"],
+                                   rtol=0, atol=1e-6 * scale)
+
+
+def test_dct_momentum_rejects_a_checkpoint_of_another_shape():
+    opt = DeMo(_make_params([(64, 64)]), momentum="dct", lr=0.01, backend="reference")
+    bad = opt.state_dict()
+    bad["state"] = {0: {"delta_dct": torch.zeros(3, 64)}}
+    with pytest.raises(ValueError, match="saved delta_dct"):
+        opt.load_state_dict(bad)
+    bad["state"] = {0: {"delta_dct": torch.zeros(1, 4096, dtype=torch.float64)}}
+    with pytest.raises(ValueError, match="float32"):
+        opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match="momentum must be one of"):
+        DeMo(_make_params([(4,)]), momentum="coeffs")

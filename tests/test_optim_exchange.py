@@ -138,3 +138,18 @@ def test_a_failed_exchange_changes_no_parameter_and_returns_the_slice_to_the_mom
     for p, g in zip(params, grads):  # momentum = 0.9 * 0 + lr * grad: nothing was lost
         torch.testing.assert_close(opt.state[p]["delta"], 0.01 * g, rtol=1e-5, atol=1e-7)
     opt.prepare()  # the same step can be prepared again
+
+
+def test_a_failed_exchange_returns_the_slice_exactly_with_dct_momentum():
+    params = _model()
+    opt = DeMo(params, lr=0.01, compression_topk=4, compression_chunk=16, sign=False,
+               compression_decay=0.9, transport=_FailingTransport(), momentum="dct")
+    _set_grads(params, 0, 0)
+    weights = [p.detach().clone() for p in params]
+    want = [0.01 * dk.dct(p.grad, 16, backend="reference") for p in params]  # 0.9 * 0 + lr * DCT(g)
+    with pytest.raises(TransportError):
+        opt.step()
+    assert opt.step_count == 0 and all(torch.equal(a, p) for a, p in zip(weights, params))
+    for p, w in zip(params, want):  # the sent coefficients are back in the momentum
+        torch.testing.assert_close(opt.state[p]["delta_dct"], w, rtol=1e-5, atol=1e-7)
+    opt.prepare()

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import ops, wire
+from ..chunking import chunk_plan
 from ..step import ModelStep
 from ..validation import check_no_overlap
 from ..transport.result import TransportError
@@ -34,6 +35,7 @@ from .transports import default_transport
 
 VALUE_CODECS = ("f32", "bf16", "f16", "sign")
 NONFINITE_POLICIES = ("raise", "skip")
+MOMENTUM_LAYOUTS = ("param", "dct")
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -78,6 +80,12 @@ class DeMo(torch.optim.Optimizer):
     poisoning peer can move (docs/threat-model.md). A :class:`TransportError` from the
     exchange (it delivered nothing) leaves parameters and the step counter as they were and
     returns the step's selected coefficients to the momentum (:meth:`abandon`).
+    ``momentum``: where the momentum lives. ``"param"`` (default, as DeMo): ``state[p]["delta"]``
+    in the parameter's layout. ``"dct"``: ``state[p]["delta_dct"]``, its chunk DCT
+    coefficients (``dk.dct`` layout), stepped by :func:`~distro_kernels.demo_step_coeffs_many_`
+    (the same step up to float32 rounding, without the inverse transform: faster on CPU).
+    :meth:`momentum_of` reads either in the parameter's layout; :meth:`load_state_dict`
+    converts a checkpoint saved with the other one.
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class DeMo(torch.optim.Optimizer):
         manifest=None,
         signing_key=None,
         clip_tau: float | None = None,
+        momentum: str = "param",
     ):
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate {lr}")
@@ -115,6 +124,8 @@ class DeMo(torch.optim.Optimizer):
                              "peer's weight is bounded already)")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if momentum not in MOMENTUM_LAYOUTS:
+            raise ValueError(f"momentum must be one of {MOMENTUM_LAYOUTS}, got {momentum!r}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
         self.compression_decay = float(compression_decay)
         self.compression_topk = int(compression_topk)
@@ -126,6 +137,7 @@ class DeMo(torch.optim.Optimizer):
         self.sign = bool(sign)
         self.deadline = float(deadline)
         self.nonfinite = nonfinite
+        self.momentum = momentum
         self.manifest, self.signing_key = manifest, signing_key
         self.clip_tau = None if clip_tau is None else float(clip_tau)
         self.process_group = process_group
@@ -183,10 +195,24 @@ class DeMo(torch.optim.Optimizer):
         return self._model.layout.max_payload_bytes(self.value_codec)
 
     def _delta(self, p: Tensor) -> Tensor:
+        """The momentum as this optimizer keeps it (``momentum``): made on first use."""
         state = self.state[p]
+        if self.momentum == "dct":
+            if "delta_dct" not in state:
+                plan = chunk_plan(p.shape, self.compression_chunk)
+                state["delta_dct"] = torch.zeros(plan.n_chunks, plan.elements_per_chunk,
+                                                 dtype=torch.float32, device=p.device)
+            return state["delta_dct"]
         if "delta" not in state:
             state["delta"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
         return state["delta"]
+
+    def momentum_of(self, p: Tensor) -> Tensor:
+        """``p``'s momentum in the parameter's layout (a new tensor for ``momentum="dct"``)."""
+        delta = self._delta(p)
+        if self.momentum == "dct":
+            return ops.idct(delta, p.shape, self.compression_chunk, backend=self.backend)
+        return delta
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -194,19 +220,36 @@ class DeMo(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        # torch casts state tensors to the parameter's dtype; the momentum stays float32.
+        # torch casts state tensors to the parameter's dtype; the momentum stays float32, in
+        # this optimizer's layout (a checkpoint of the other layout is converted).
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        deltas = {i: state_dict["state"][i]["delta"] for i in saved_ids
-                  if i in state_dict["state"] and "delta" in state_dict["state"][i]}
         super().load_state_dict(state_dict)
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
-            if saved_id in deltas:
-                delta = deltas[saved_id]
+            saved = state_dict["state"].get(saved_id, {})
+            self.state[p].pop("delta", None)
+            self.state[p].pop("delta_dct", None)
+            if "delta" in saved:  # a checkpoint in the parameter's layout
+                delta = saved["delta"]
                 if delta.dtype != torch.float32 or tuple(delta.shape) != tuple(p.shape):
                     raise ValueError(f"saved delta {tuple(delta.shape)} {delta.dtype} does not "
                                      f"match parameter {tuple(p.shape)} (float32 expected)")
-                self.state[p]["delta"] = delta.to(device=p.device, copy=True).contiguous()
+                delta = delta.to(device=p.device, copy=True).contiguous()
+                if self.momentum == "dct":
+                    delta = ops.dct(delta, self.compression_chunk, backend=self.backend)
+                self.state[p]["delta_dct" if self.momentum == "dct" else "delta"] = delta
+            elif "delta_dct" in saved:  # a checkpoint of momentum="dct"
+                coeffs = saved["delta_dct"]
+                plan = chunk_plan(p.shape, self.compression_chunk)
+                if coeffs.dtype != torch.float32 or tuple(coeffs.shape) != (plan.n_chunks, plan.elements_per_chunk):
+                    raise ValueError(f"saved delta_dct {tuple(coeffs.shape)} {coeffs.dtype} does not "
+                                     f"match parameter {tuple(p.shape)} at chunk "
+                                     f"{self.compression_chunk} (float32 "
+                                     f"{(plan.n_chunks, plan.elements_per_chunk)} expected)")
+                coeffs = coeffs.to(device=p.device, copy=True).contiguous()
+                if self.momentum == "param":
+                    coeffs = ops.idct(coeffs, p.shape, self.compression_chunk, backend=self.backend)
+                self.state[p]["delta" if self.momentum == "param" else "delta_dct"] = coeffs
         self._step = int(state_dict.get("demo", {}).get("step", 0))
         self._pending = None
 
@@ -277,7 +320,8 @@ class DeMo(torch.optim.Optimizer):
         for group in groups:  # one fused call per group (usually one for the whole model)
             params = [p for p in group["params"] if p.requires_grad]
             group_deltas = [self._delta(p) for p in params]
-            idx, val = ops.demo_step_many_(
+            step = ops.demo_step_coeffs_many_ if self.momentum == "dct" else ops.demo_step_many_
+            idx, val = step(
                 group_deltas, [p.grad if p.grad is not None else torch.zeros_like(p) for p in params],
                 self.compression_decay, group["lr"], self.compression_topk,
                 self.compression_chunk, backend=self.backend)
@@ -361,7 +405,11 @@ class DeMo(torch.optim.Optimizer):
         if self._pending is None:
             return
         if self._sent is not None:
-            self._model.restore(*self._sent)
+            if self.momentum == "dct":  # the sent entries are +0 in the state: exact
+                for coeffs, idx, val in zip(*self._sent):
+                    coeffs.scatter_add_(1, idx.long().to(coeffs.device), val.to(coeffs.device))
+            else:
+                self._model.restore(*self._sent)
         self._pending, self._sent, self._skipped = None, None, None
 
     def _exchange(self, payload: bytes):
