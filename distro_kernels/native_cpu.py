@@ -64,30 +64,25 @@ def compress(x: torch.Tensor, plan: ChunkPlan, k: int) -> tuple[torch.Tensor, to
     return indices, values
 
 
-def demo_step_many_(deltas, grads, plans, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
+def _step(kernel, what, states, grads, plans, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
     total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
     indices = torch.empty(total, dtype=torch.int32)
     values = torch.empty(total)
-    status = cpu_ext.demo_step(
-        [d.data_ptr() for d in deltas], [g.data_ptr() for g in grads],
-        [_DTYPE_CODES[g.dtype] for g in grads], [_geometry(p) for p in plans],
-        float(beta), float(lr), int(k), indices.data_ptr(), values.data_ptr(), _threads(),
-    )
-    _check(status, "demo_step_")
-    return indices, values
-
-
-def demo_step_coeffs_many_(states, grads, plans, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
-    total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
-    indices = torch.empty(total, dtype=torch.int32)
-    values = torch.empty(total)
-    status = cpu_ext.demo_step_coeffs(
+    status = kernel(
         [s.data_ptr() for s in states], [g.data_ptr() for g in grads],
         [_DTYPE_CODES[g.dtype] for g in grads], [_geometry(p) for p in plans],
         float(beta), float(lr), int(k), indices.data_ptr(), values.data_ptr(), _threads(),
     )
-    _check(status, "demo_step_coeffs_many_")
+    _check(status, what)
     return indices, values
+
+
+def demo_step_many_(deltas, grads, plans, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
+    return _step(cpu_ext.demo_step, "demo_step_", deltas, grads, plans, beta, lr, k)
+
+
+def demo_step_coeffs_many_(states, grads, plans, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:
+    return _step(cpu_ext.demo_step_coeffs, "demo_step_coeffs_many_", states, grads, plans, beta, lr, k)
 
 
 def demo_step_(delta, grad, plan, beta, lr, k) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,25 @@ dk_geometry to_geometry(const Geometry& g) {
 template <typename T>
 T* ptr(uintptr_t address) { return reinterpret_cast<T*>(address); }
 
+// dk_demo_step and dk_demo_step_coeffs share one signature (states in either layout).
+template <decltype(&dk_demo_step) Step>
+int demo_step(const std::vector<uintptr_t>& states, const std::vector<uintptr_t>& grads,
+              const std::vector<int32_t>& grad_dtypes, const std::vector<Geometry>& geoms, float beta,
+              float lr, int32_t k, uintptr_t indices, uintptr_t values, int32_t threads) {
+  const size_t n = states.size();
+  if (grads.size() != n || grad_dtypes.size() != n || geoms.size() != n) return int(DK_ERR_ARGUMENT);
+  std::vector<float*> state_ptrs(n);
+  std::vector<const void*> grad_ptrs(n);
+  std::vector<dk_geometry> geometries(n);
+  for (size_t t = 0; t < n; ++t) {
+    state_ptrs[t] = ptr<float>(states[t]);
+    grad_ptrs[t] = ptr<const void>(grads[t]);
+    geometries[t] = to_geometry(geoms[t]);
+  }
+  return Step(static_cast<int32_t>(n), state_ptrs.data(), grad_ptrs.data(), grad_dtypes.data(),
+              geometries.data(), beta, lr, k, ptr<int32_t>(indices), ptr<float>(values), threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -44,39 +63,8 @@ PYBIND11_MODULE(_C, m) {
     return dk_compress(ptr<const void>(x), dtype, &geometry, k_eff, ptr<int32_t>(indices),
                        ptr<float>(values), threads);
   }, no_gil);
-  m.def("demo_step", [](const std::vector<uintptr_t>& deltas, const std::vector<uintptr_t>& grads,
-                        const std::vector<int32_t>& grad_dtypes, const std::vector<Geometry>& geoms,
-                        float beta, float lr, int32_t k, uintptr_t indices, uintptr_t values, int32_t threads) {
-    const size_t n = deltas.size();
-    if (grads.size() != n || grad_dtypes.size() != n || geoms.size() != n) return int(DK_ERR_ARGUMENT);
-    std::vector<float*> delta_ptrs(n);
-    std::vector<const void*> grad_ptrs(n);
-    std::vector<dk_geometry> geometries(n);
-    for (size_t t = 0; t < n; ++t) {
-      delta_ptrs[t] = ptr<float>(deltas[t]);
-      grad_ptrs[t] = ptr<const void>(grads[t]);
-      geometries[t] = to_geometry(geoms[t]);
-    }
-    return dk_demo_step(static_cast<int32_t>(n), delta_ptrs.data(), grad_ptrs.data(), grad_dtypes.data(),
-                        geometries.data(), beta, lr, k, ptr<int32_t>(indices), ptr<float>(values), threads);
-  }, no_gil);
-  m.def("demo_step_coeffs", [](const std::vector<uintptr_t>& states, const std::vector<uintptr_t>& grads,
-                               const std::vector<int32_t>& grad_dtypes, const std::vector<Geometry>& geoms,
-                               float beta, float lr, int32_t k, uintptr_t indices, uintptr_t values,
-                               int32_t threads) {
-    const size_t n = states.size();
-    if (grads.size() != n || grad_dtypes.size() != n || geoms.size() != n) return int(DK_ERR_ARGUMENT);
-    std::vector<float*> state_ptrs(n);
-    std::vector<const void*> grad_ptrs(n);
-    std::vector<dk_geometry> geometries(n);
-    for (size_t t = 0; t < n; ++t) {
-      state_ptrs[t] = ptr<float>(states[t]);
-      grad_ptrs[t] = ptr<const void>(grads[t]);
-      geometries[t] = to_geometry(geoms[t]);
-    }
-    return dk_demo_step_coeffs(static_cast<int32_t>(n), state_ptrs.data(), grad_ptrs.data(), grad_dtypes.data(),
-                               geometries.data(), beta, lr, k, ptr<int32_t>(indices), ptr<float>(values), threads);
-  }, no_gil);
+  m.def("demo_step", &demo_step<dk_demo_step>, no_gil);
+  m.def("demo_step_coeffs", &demo_step<dk_demo_step_coeffs>, no_gil);
   m.def("decompress_many", [](const std::vector<uintptr_t>& indices, const std::vector<uintptr_t>& values,
                               int32_t value_codec, const std::vector<Geometry>& geoms,
                               const std::vector<int32_t>& k_effs, int32_t reduce, bool apply_sign,

@@ -400,7 +400,7 @@ def test_gradients_sharing_memory_get_fresh_updates():
     shapes = [(8, 16), (8, 16)]
     shared, separate = _make_params(shapes), _make_params(shapes)
     g = torch.randn(8, 17, generator=torch.Generator().manual_seed(3))
-    base = torch.empty(8 * 17 + 1)
+    base = torch.zeros(8 * 17 + 1)  # not empty(): its last element is read as a gradient
     opt_a, opt_b = DeMo(shared, lr=1e-2), DeMo(separate, lr=1e-2)
     shared[0].grad = base[: 8 * 16].view(8, 16).copy_(g[:, :16])
     shared[1].grad = base[1 : 8 * 16 + 1].view(8, 16)  # overlaps the first by all but one element

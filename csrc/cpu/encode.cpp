@@ -312,6 +312,33 @@ void demo_step_coeff_rows(const ChunkBases& b, float* state, const float* grad, 
   }
 }
 
+// The fused steps' work units: a chunk, or (batched_rows tensors) a block of cn chunks; a
+// tensor's full blocks come first, then its remaining chunks one by one.
+struct StepUnits {
+  std::vector<const ChunkBases*> bases;
+  std::vector<int64_t> first_unit, first_out, blocks;
+  std::vector<int> k_eff;
+  int max_c = 1, max_k = 1;
+  StepUnits(int n_tensors, const dk_geometry* geoms, const int32_t* grad_dtypes, int k)
+      : bases(n_tensors), first_unit(n_tensors + 1, 0), first_out(n_tensors + 1, 0),
+        blocks(n_tensors, 0), k_eff(n_tensors) {
+    for (int t = 0; t < n_tensors; ++t) {
+      const dk_geometry& g = geoms[t];
+      bases[t] = &chunk_bases(g.cm, g.cn);
+      k_eff[t] = std::min(k, g.cm * g.cn);
+      if (batched_rows(g, grad_dtypes[t])) blocks[t] = n_chunks(g) / g.cn;
+      first_unit[t + 1] = first_unit[t] + n_chunks(g) - blocks[t] * (g.cn - 1);
+      first_out[t + 1] = first_out[t] + n_chunks(g) * k_eff[t];
+      max_c = std::max({max_c, g.cm, g.cn});
+      max_k = std::max(max_k, k_eff[t]);
+    }
+  }
+  int64_t total() const { return first_unit.back(); }
+  int tensor_of(int64_t unit) const {
+    return static_cast<int>(std::upper_bound(first_unit.begin(), first_unit.end(), unit) - first_unit.begin()) - 1;
+  }
+};
+
 // Runs body(scratch, chunk) over every chunk in parallel; returns DK_ERR_ALLOC on failure.
 // This file's scratch type, through the shared driver (parallel.h).
 template <typename Body>
@@ -347,29 +374,15 @@ int compress(const void* x, int32_t dtype, const dk_geometry& g, int k_eff, int3
 int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
               const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr, int k,
               int32_t* indices, float* values, int threads) {
-  // Work units: a chunk, or (batched_rows tensors) a block of cn chunks; a tensor's full blocks
-  // come first, then its remaining chunks one by one.
-  std::vector<const ChunkBases*> bases(n_tensors);
-  std::vector<int64_t> first_unit(n_tensors + 1, 0), first_out(n_tensors + 1, 0), blocks(n_tensors, 0);
-  std::vector<int> k_eff(n_tensors);
-  int max_c = 1, max_k = 1;
-  for (int t = 0; t < n_tensors; ++t) {
+  const StepUnits units(n_tensors, geoms, grad_dtypes, k);
+  const auto& first_out = units.first_out;
+  const auto& blocks = units.blocks;
+  return for_each_chunk(units.total(), units.max_c, units.max_k, threads, [&](Scratch& s, int64_t global) {
+    const int t = units.tensor_of(global);
+    const int64_t unit = global - units.first_unit[t];
     const dk_geometry& g = geoms[t];
-    bases[t] = &chunk_bases(g.cm, g.cn);
-    k_eff[t] = std::min(k, g.cm * g.cn);
-    if (batched_rows(g, grad_dtypes[t])) blocks[t] = n_chunks(g) / g.cn;
-    first_unit[t + 1] = first_unit[t] + n_chunks(g) - blocks[t] * (g.cn - 1);
-    first_out[t + 1] = first_out[t] + n_chunks(g) * k_eff[t];
-    max_c = std::max({max_c, g.cm, g.cn});
-    max_k = std::max(max_k, k_eff[t]);
-  }
-  return for_each_chunk(first_unit[n_tensors], max_c, max_k, threads, [&](Scratch& s, int64_t global) {
-    const int t = static_cast<int>(std::upper_bound(first_unit.begin(), first_unit.end(), global) -
-                                   first_unit.begin()) - 1;
-    const int64_t unit = global - first_unit[t];
-    const dk_geometry& g = geoms[t];
-    const ChunkBases& b = *bases[t];
-    const int kk = k_eff[t];
+    const ChunkBases& b = *units.bases[t];
+    const int kk = units.k_eff[t];
     if (unit < blocks[t]) {
       const int64_t c0 = unit * g.cn;
       demo_step_rows(b, deltas[t] + c0 * g.cn, static_cast<const float*>(grads[t]) + c0 * g.cn, beta, lr,
@@ -461,28 +474,15 @@ int demo_step_coeffs(int n_tensors, float* const* states, const void* const* gra
   // X = beta * S + lr * DCT(grad), select on X, S = X with the picks zeroed. One forward
   // transform of the gradient per chunk, no inverse, and the state is read and written as
   // one contiguous block.
-  // Work units as in demo_step: batched_rows tensors go cn chunks at a time first.
-  std::vector<const ChunkBases*> bases(n_tensors);
-  std::vector<int64_t> first_unit(n_tensors + 1, 0), first_out(n_tensors + 1, 0), blocks(n_tensors, 0);
-  std::vector<int> k_eff(n_tensors);
-  int max_c = 1, max_k = 1;
-  for (int t = 0; t < n_tensors; ++t) {
+  const StepUnits units(n_tensors, geoms, grad_dtypes, k);
+  const auto& first_out = units.first_out;
+  const auto& blocks = units.blocks;
+  return for_each_chunk(units.total(), units.max_c, units.max_k, threads, [&](Scratch& s, int64_t global) {
+    const int t = units.tensor_of(global);
+    const int64_t unit = global - units.first_unit[t];
     const dk_geometry& g = geoms[t];
-    bases[t] = &chunk_bases(g.cm, g.cn);
-    k_eff[t] = std::min(k, g.cm * g.cn);
-    if (batched_rows(g, grad_dtypes[t])) blocks[t] = n_chunks(g) / g.cn;
-    first_unit[t + 1] = first_unit[t] + n_chunks(g) - blocks[t] * (g.cn - 1);
-    first_out[t + 1] = first_out[t] + n_chunks(g) * k_eff[t];
-    max_c = std::max({max_c, g.cm, g.cn});
-    max_k = std::max(max_k, k_eff[t]);
-  }
-  return for_each_chunk(first_unit[n_tensors], max_c, max_k, threads, [&](Scratch& s, int64_t global) {
-    const int t = static_cast<int>(std::upper_bound(first_unit.begin(), first_unit.end(), global) -
-                                   first_unit.begin()) - 1;
-    const int64_t unit = global - first_unit[t];
-    const dk_geometry& g = geoms[t];
-    const ChunkBases& b = *bases[t];
-    const int kk = k_eff[t], E = g.cm * g.cn;
+    const ChunkBases& b = *units.bases[t];
+    const int kk = units.k_eff[t], E = g.cm * g.cn;
     if (unit < blocks[t]) {
       const int64_t c0 = unit * g.cn;
       demo_step_coeff_rows(b, states[t] + c0 * E, static_cast<const float*>(grads[t]) + c0 * g.cn, beta, lr,
