@@ -28,6 +28,7 @@ default exchange is the store one.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from loopback_workers import barrier, master_store, run_workers
+from loopback_workers import barrier, progress, run_workers_retrying_a_crash
 
 WORLD = 4
 BAD = 3
@@ -258,6 +259,7 @@ class Peer:
 
 
 def _worker(rank: int, port: int, key_hex: str, manifest_json: str) -> None:
+    faulthandler.enable()  # a crash prints every thread's stack to stderr
     torch.set_num_threads(1)
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -277,6 +279,7 @@ def _worker(rank: int, port: int, key_hex: str, manifest_json: str) -> None:
         log["default_is_store"] = isinstance(
             tp.default_transport(deadline=DEADLINE, namespace="attack/dflt"), tp.StoreTransport)
         for step, phase in enumerate(PHASES):
+            progress(store, rank, phase)
             barrier(store, phase, WORLD)
             if phase == "gloo_big":
                 peer.gloo = tp.GlooTransport(deadline=GLOO_DEADLINE, layout=peer.layout)
@@ -312,9 +315,9 @@ def run():
     manifest = signing.Manifest({p: pub for p, (_, pub) in keys.items()}, coordinator=0)
     raw_keys = {p: k.private_bytes(ser.Encoding.Raw, ser.PrivateFormat.Raw,
                                    ser.NoEncryption()).hex() for p, (k, _) in keys.items()}
-    master = master_store()
-    args = [(r, master.port, raw_keys[r], manifest.to_json()) for r in range(WORLD)]
-    logs = run_workers(_worker, args, master, 120)
+    logs = run_workers_retrying_a_crash(
+        _worker, lambda master: [(r, master.port, raw_keys[r], manifest.to_json())
+                                 for r in range(WORLD)], 120)
     logs["manifest"] = manifest.to_json()
     return logs
 

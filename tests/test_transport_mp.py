@@ -22,6 +22,7 @@ takes it down.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from loopback_workers import barrier, master_store, run_workers
+from loopback_workers import barrier, progress, run_workers_retrying_a_crash
 
 WORLD = 4
 DEADLINE = 3.0
@@ -70,6 +71,7 @@ def _record(res, sent: bytes | None = None) -> dict:
 
 
 def _worker(rank: int, world: int, port: int) -> None:
+    faulthandler.enable()  # a crash prints every thread's stack to stderr
     torch.set_num_threads(1)
     from distro_kernels import transport as tp
     from distro_kernels import wire
@@ -90,6 +92,7 @@ def _worker(rank: int, world: int, port: int) -> None:
         garbage = bytes((rank * 37 + i * 11) % 256 for i in range(3000))
 
         # A: store, all valid; record raw bytes (st.last) and parsed peers
+        progress(store, rank, "A")
         barrier(store, "A", world)
         p = _payload(layout, rank, 0)
         res = tp.exchange_payloads(st, p)
@@ -102,6 +105,7 @@ def _worker(rank: int, world: int, port: int) -> None:
         log["A3"] = _record(tp.exchange(p.to_bytes()), p.to_bytes())
 
         # B: store, peer 1 sends garbage
+        progress(store, rank, "B")
         barrier(store, "B", world)
         if rank == 1:
             log["B"] = _record(st.exchange(garbage, step=1), garbage)
@@ -109,6 +113,7 @@ def _worker(rank: int, world: int, port: int) -> None:
             log["B"] = _record(tp.exchange_payloads(st, _payload(layout, rank, 1)))
 
         # C: store, peer 2 posts after the roster of step 2 exists
+        progress(store, rank, "C")
         barrier(store, "C", world)
         if rank == 2:
             while not st.store.check(["2/roster"]):
@@ -116,12 +121,14 @@ def _worker(rank: int, world: int, port: int) -> None:
         log["C"] = _record(tp.exchange_payloads(st, _payload(layout, rank, 2)))
 
         # D: gloo, all valid
+        progress(store, rank, "D")
         barrier(store, "D", world)
         p = _payload(layout, rank, 10)
         gl_res = gl.exchange(p.to_bytes(), step=10)
         log["D"] = _record(gl_res, p.to_bytes())
 
         # E: gloo, peer 1 garbage
+        progress(store, rank, "E")
         barrier(store, "E", world)
         if rank == 1:
             log["E"] = _record(gl.exchange(garbage, step=11), garbage)
@@ -130,16 +137,19 @@ def _worker(rank: int, world: int, port: int) -> None:
         save()
 
         # F: peer 3 dies at the start of the step
+        progress(store, rank, "F")
         barrier(store, "F", world)
         if rank == 3:
             os._exit(0)
         log["F"] = _record(tp.exchange_payloads(st, _payload(layout, rank, 3)))
 
         # G: survivors, one more store step
+        progress(store, rank, "G")
         barrier(store, "G", world - 1)
         log["G"] = _record(tp.exchange_payloads(st, _payload(layout, rank, 4)))
 
         # H: survivors on the gloo group: must fail promptly with TransportError
+        progress(store, rank, "H")
         barrier(store, "H", world - 1)
         t0 = time.monotonic()
         try:
@@ -159,8 +169,8 @@ def _worker(rank: int, world: int, port: int) -> None:
 
 @pytest.fixture(scope="module")
 def run():
-    master = master_store()
-    return run_workers(_worker, [(r, WORLD, master.port) for r in range(WORLD)], master, 150)
+    return run_workers_retrying_a_crash(
+        _worker, lambda master: [(r, WORLD, master.port) for r in range(WORLD)], 150)
 
 
 def test_every_peer_receives_every_other_peers_exact_bytes(run):
