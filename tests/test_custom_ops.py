@@ -238,34 +238,20 @@ def test_compile_fullgraph_inductor():
         assert_same_bits(d_comp, d_eager)
 
 
-def test_compile_demo_step_many(backend):
+@pytest.mark.parametrize("layout", ["param", "dct"])
+def test_compile_demo_step_many(backend, layout):
+    """Both fused steps (momentum in the parameter's layout, or as DCT coefficients)."""
     torch._dynamo.reset()
-
-    def step(deltas, grads):
-        return dk.demo_step_many_(deltas, grads, 0.9, 1.0, 3, 8)
-
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    shapes = [(16, 24), (7,), (3, 5, 7)]
-    deltas = [randn(s, i) for i, s in enumerate(shapes)]
-    grads = [randn(s, 10 + i) for i, s in enumerate(shapes)]
-    d1 = [d.clone() for d in deltas]
-    d2 = [d.clone() for d in deltas]
-    with dispatch.forced(backend):
-        a_i, a_v = step(d1, grads)
-        b_i, b_v = compiled(d2, grads)
-    for x, y in zip(a_i + a_v + d1, b_i + b_v + d2):
-        assert torch.equal(x, y)
-
-
-def test_compile_demo_step_coeffs_many(backend):
-    torch._dynamo.reset()
+    fused = dk.demo_step_many_ if layout == "param" else dk.demo_step_coeffs_many_
 
     def step(states, grads):
-        return dk.demo_step_coeffs_many_(states, grads, 0.9, 1.0, 3, 8)
+        return fused(states, grads, 0.9, 1.0, 3, 8)
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     shapes = [(16, 24), (7,), (3, 5, 7)]
-    states = [dk.dct(randn(s, i), 8, backend="reference") for i, s in enumerate(shapes)]
+    states = [randn(s, i) for i, s in enumerate(shapes)]
+    if layout == "dct":
+        states = [dk.dct(s, 8, backend="reference") for s in states]
     grads = [randn(s, 10 + i) for i, s in enumerate(shapes)]
     s1 = [s.clone() for s in states]
     s2 = [s.clone() for s in states]

@@ -80,6 +80,18 @@ int64_t output_bytes(const dk_geometry& g) {
 int threads_or_default(int32_t threads) { return threads > 0 ? threads : 1; }
 bool dtype_ok(int32_t dtype) { return dtype == DK_F32 || dtype == DK_BF16 || dtype == DK_F16; }
 
+// The fused steps' arguments (the states in either layout).
+bool step_arguments_ok(int32_t n_tensors, float* const* states, const void* const* grads,
+                       const int32_t* grad_dtypes, const dk_geometry* geoms, int32_t k,
+                       const int32_t* indices, const float* values) {
+  if (n_tensors < 1 || !states || !grads || !grad_dtypes || !geoms || !indices || !values || k < 1)
+    return false;
+  for (int t = 0; t < n_tensors; ++t)
+    if (!states[t] || !grads[t] || !dtype_ok(grad_dtypes[t]) || !dk::geometry_ok(&geoms[t]))
+      return false;
+  return true;
+}
+
 }  // namespace
 
 extern "C" {
@@ -111,11 +123,8 @@ int dk_compress(const void* x, int32_t dtype, const dk_geometry* g, int32_t k_ef
 int dk_demo_step(int32_t n_tensors, float* const* deltas, const void* const* grads,
                  const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,
                  int32_t k, int32_t* indices, float* values, int32_t threads) {
-  if (n_tensors < 1 || !deltas || !grads || !grad_dtypes || !geoms || !indices || !values || k < 1)
+  if (!step_arguments_ok(n_tensors, deltas, grads, grad_dtypes, geoms, k, indices, values))
     return DK_ERR_ARGUMENT;
-  for (int t = 0; t < n_tensors; ++t)
-    if (!deltas[t] || !grads[t] || !dtype_ok(grad_dtypes[t]) || !dk::geometry_ok(&geoms[t]))
-      return DK_ERR_ARGUMENT;
   return DK_DISPATCH(demo_step, n_tensors, deltas, grads, grad_dtypes, geoms, beta, lr, k, indices,
                      values, threads_or_default(threads));
 }
@@ -123,11 +132,8 @@ int dk_demo_step(int32_t n_tensors, float* const* deltas, const void* const* gra
 int dk_demo_step_coeffs(int32_t n_tensors, float* const* states, const void* const* grads,
                         const int32_t* grad_dtypes, const dk_geometry* geoms, float beta, float lr,
                         int32_t k, int32_t* indices, float* values, int32_t threads) {
-  if (n_tensors < 1 || !states || !grads || !grad_dtypes || !geoms || !indices || !values || k < 1)
+  if (!step_arguments_ok(n_tensors, states, grads, grad_dtypes, geoms, k, indices, values))
     return DK_ERR_ARGUMENT;
-  for (int t = 0; t < n_tensors; ++t)
-    if (!states[t] || !grads[t] || !dtype_ok(grad_dtypes[t]) || !dk::geometry_ok(&geoms[t]))
-      return DK_ERR_ARGUMENT;
   return DK_DISPATCH(demo_step_coeffs, n_tensors, states, grads, grad_dtypes, geoms, beta, lr, k,
                      indices, values, threads_or_default(threads));
 }
