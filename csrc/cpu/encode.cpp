@@ -66,15 +66,16 @@ void interleave_columns(const ChunkBases& b, float* rows, float* tmp) {
 // coeffs = C_m @ x @ C_n^T with Lee's transform: along m on column strips, then along n on the
 // transposed block, transposed back. row_at(i, s) yields x's row i at column s (a vector).
 // Sides are 16, 32 or 64, so ldm == cm and ldn == cn.
-// With DctScale::kRelative the result lacks the factor lee_value_factor(b) (see lee_dct.h) and
-// s.row_max gets each coefficient row's largest |X| bits (a selection follows; dct has none).
+// With DctScale::kRelative the result lacks the factor lee_value_factor(b) (see lee_dct.h).
+// row_max, if given, gets each coefficient row's largest |X| bits (the bound of a selection
+// on these coefficients).
 template <class RowAt>
-void forward_lee(const ChunkBases& b, RowAt row_at, Scratch& s, float* coeffs, DctScale scale) {
+void forward_lee(const ChunkBases& b, RowAt row_at, Scratch& s, float* coeffs, DctScale scale,
+                 uint32_t* row_max = nullptr) {
   float* transposed = s.half_a.data();  // coeffs holds the first stage: 2 blocks stay in L1
   lee_dct_strips_n<LeeVec>(b.cm, row_at, coeffs, b.cn, b.cn, scale);
   transpose_block(coeffs, b.cn, transposed, b.cm, b.cm, b.cn);
   auto transposed_row = [&](int i, int col) { return load_vec<LeeVec>(transposed + i * b.cm + col); };
-  uint32_t* row_max = scale == DctScale::kRelative ? s.row_max.data() : nullptr;
   lee_dct_strips_n<LeeVec>(b.cn, transposed_row, transposed, b.cm, b.cm, scale, row_max);
   transpose_block(transposed, b.cm, coeffs, b.cn, b.cn, b.cm);
 }
@@ -83,10 +84,11 @@ inline float lee_value_factor(const ChunkBases& b) { return dct_stage_factor(b.c
 
 // coeffs = C_m @ block @ C_n^T over padded rows (ldn floats), split even/odd where possible.
 // Returns the factor the coefficients still lack: 1, unless the fast DCT ran with kRelative.
+// row_max: as for forward_lee, filled on the fast path only.
 float forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs,
-              DctScale scale = DctScale::kOrthonormal) {
+              DctScale scale = DctScale::kOrthonormal, uint32_t* row_max = nullptr) {
   if (lee_chunk(b)) {
-    forward_lee(b, [&](int i, int col) { return load_vec<LeeVec>(block + i * b.ldn + col); }, s, coeffs, scale);
+    forward_lee(b, [&](int i, int col) { return load_vec<LeeVec>(block + i * b.ldn + col); }, s, coeffs, scale, row_max);
     return scale == DctScale::kRelative ? lee_value_factor(b) : 1.f;
   }
   float* partial = s.partial.data();
@@ -125,7 +127,7 @@ float forward(const ChunkBases& b, const float* block, Scratch& s, float* coeffs
 // Top-k of the chunk's coefficients (ld = ldn) and their values times `factor`.
 void select_chunk(const ChunkBases& b, Scratch& s, int k, float factor, int32_t* out_index,
                   float* out_value) {
-  // (the Lee path ran with kRelative, which filled row_max)
+  // (on the Lee path the transform filled row_max)
   s.selector.select(s.coeffs.data(), b.ldn, b.cm, b.cn, k, out_index, lee_chunk(b) ? s.row_max.data() : nullptr);
   for (int q = 0; q < k; ++q)
     out_value[q] = factor * s.coeffs[(out_index[q] / b.cn) * b.ldn + out_index[q] % b.cn];
@@ -366,7 +368,7 @@ int compress(const void* x, int32_t dtype, const dk_geometry& g, int k_eff, int3
   return for_each_chunk(n_chunks(g), std::max(g.cm, g.cn), k_eff, threads, [&](Scratch& s, int64_t c) {
     if (c + 1 < n_chunks(g)) prefetch_chunk(x, dtype_bytes(dtype), chunk_site(g, c + 1), g.cm, g.cn);
     load_block(x, dtype, chunk_site(g, c), b, s.block.data());
-    const float factor = forward(b, s.block.data(), s, s.coeffs.data(), DctScale::kRelative);
+    const float factor = forward(b, s.block.data(), s, s.coeffs.data(), DctScale::kRelative, s.row_max.data());
     select_chunk(b, s, k_eff, factor, indices + c * k_eff, values + c * k_eff);
   });
 }
@@ -428,7 +430,7 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
         for (int col = 0; col < b.cn; col += L) store_vec<LeeVec>(staged + i * ld + col, update(i, col));
       }
       auto first_stage_row = [=](int i, int col) { return load_vec<LeeVec>(staged + i * ld + col); };
-      forward_lee(b, first_stage_row, s, s.coeffs.data(), DctScale::kRelative);
+      forward_lee(b, first_stage_row, s, s.coeffs.data(), DctScale::kRelative, s.row_max.data());
       select_chunk(b, s, kk, lee_value_factor(b), out_index, out_value);
       auto subtract = [=](int i, int col, LeeVec sent) {
         store_vec<LeeVec>(staged + i * ld + col, load_vec<LeeVec>(staged + i * ld + col) - sent);
@@ -492,6 +494,7 @@ int demo_step_coeffs(int n_tensors, float* const* states, const void* const* gra
     const int64_t c = unit + blocks[t] * (g.cn - 1);
     if (c + 2 < n_chunks(g)) prefetch_chunk(grads[t], dtype_bytes(grad_dtypes[t]), chunk_site(g, c + 2), g.cm, g.cn);
     load_block(grads[t], grad_dtypes[t], chunk_site(g, c), b, s.block.data());
+    // no row maxima from the transform: the bound is taken on X below
     const float scale = lr * forward(b, s.block.data(), s, s.coeffs.data(), DctScale::kRelative);
     float* const state = states[t] + c * E;
     float* const X = s.coeffs.data();

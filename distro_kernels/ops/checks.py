@@ -44,11 +44,15 @@ def compress(x: Tensor, k: int, chunk: int, policy: str) -> ChunkPlan:
     return chunk_plan(x.shape, chunk, policy)
 
 
-def _state(delta: Tensor, grad: Tensor, chunk: int, k: int, name: str = "delta") -> ChunkPlan:
-    if not isinstance(delta, torch.Tensor) or delta.dtype != torch.float32:
-        raise TypeError(f"{name} (the momentum state) must be a float32 tensor")
-    if not delta.is_contiguous():
+def _inplace_state(state: Tensor, name: str, what: str) -> None:
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.float32:
+        raise TypeError(f"{name} ({what}) must be a float32 tensor")
+    if not state.is_contiguous():
         raise ValueError(f"{name} must be contiguous (it is updated in place)")
+
+
+def _state(delta: Tensor, grad: Tensor, chunk: int, k: int, name: str = "delta") -> ChunkPlan:
+    _inplace_state(delta, name, "the momentum state")
     check_float("grad", grad)
     if tuple(grad.shape) != tuple(delta.shape):
         raise ValueError(f"grad shape {tuple(grad.shape)} != {name} shape {tuple(delta.shape)}")
@@ -90,10 +94,7 @@ def demo_steps_coeffs(states: Sequence[Tensor], grads: Sequence[Tensor], chunk: 
     plans = []
     for t, (state, grad) in enumerate(zip(states, grads)):
         name = f"state of tensor {t}"
-        if not isinstance(state, torch.Tensor) or state.dtype != torch.float32:
-            raise TypeError(f"{name} (the momentum's DCT coefficients) must be a float32 tensor")
-        if not state.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (it is updated in place)")
+        _inplace_state(state, name, "the momentum's DCT coefficients")
         check_float(f"grad of tensor {t}", grad)
         plan = chunk_plan(grad.shape, chunk)
         check_shape_matches(name, state, (plan.n_chunks, plan.elements_per_chunk))
