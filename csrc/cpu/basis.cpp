@@ -1,5 +1,6 @@
 #include "basis.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -21,6 +22,54 @@ void canonical_basis(int c, float* out) {
       out[u * c + i] = static_cast<float>(std::nearbyint(exact * scale) / scale + 0.0);
     }
   }
+}
+
+// gamma_n of the standard rounding-error model (Higham 3.1): n roundings of unit 2^-24.
+static double gamma_of(int n) {
+  const double u = std::ldexp(1.0, -24);
+  return n * u / (1.0 - n * u);
+}
+
+// C_m's even/odd levels and the certified-sign bound (sign_fold.h states the argument).
+void ChunkBases::plan_certified_sign(const std::vector<float>& bm, const std::vector<float>& bn) {
+  auto part = [&](int outputs, int first, int step) {
+    SignPart p;
+    p.outputs = outputs;
+    p.ld = (outputs + 7) / 8 * 8;
+    p.first = first;
+    p.step = step;
+    p.n = (cm - first + step - 1) / step;
+    p.basis.assign(static_cast<size_t>(p.n) * p.ld, 0.f);
+    for (int r = 0; r < p.n; ++r)
+      for (int i = 0; i < outputs; ++i) p.basis[r * p.ld + i] = bm[(first + r * step) * cm + i];
+    return p;
+  };
+  int n = cm, step = 1;  // level l: rows u = 0 mod step (step = 2^l), outputs i < n
+  for (; n % 2 == 0; n /= 2, step *= 2) {
+    bool exact = true;
+    for (int u = 0; u < cm; u += step)
+      for (int i = 0; i < n / 2; ++i) {
+        const float value = bm[u * cm + i], mirrored = bm[u * cm + n - 1 - i];
+        if (mirrored != ((u / step) % 2 ? -value : value)) exact = false;
+      }
+    if (!exact) break;
+    sign_odd.push_back(part(n / 2, step, 2 * step));
+  }
+  sign_leaf = part(n, 0, step);
+  // Each term of the fast sum passes one rounded product, at most (rows - 1) adds in its dot
+  // product and one add per level; the exact fold, at most cm roundings. Twice their sum of
+  // gammas, times max |C_m| * max |C_n| (sign_fold.h), covers both errors with room for the
+  // (1 + gamma) factors and the rounding of the bound itself.
+  int dot = sign_leaf.n;
+  for (const SignPart& p : sign_odd) dot = std::max(dot, p.n);
+  auto max_abs = [](const std::vector<float>& basis) {
+    double m = 0.0;
+    for (float c : basis) m = std::max(m, std::fabs(static_cast<double>(c)));
+    return m;
+  };
+  const double bound = 2.0 * (gamma_of(dot + static_cast<int>(sign_odd.size()) + 1) + gamma_of(cm)) *
+                       max_abs(bm) * max_abs(bn);
+  sign_bound = std::nextafter(static_cast<float>(bound), 1.0f);
 }
 
 ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
@@ -49,6 +98,7 @@ ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
       const float mirrored = bm[u * cm + cm - 1 - i], value = bm[u * cm + i];
       if (mirrored != (u % 2 ? -value : value)) cm_mirror = false;
     }
+  plan_certified_sign(bm, bn);
   split_n = cn % 16 == 0;
   split_m = cm % 2 == 0 && cm > 1;
   if (split_n) {

@@ -28,7 +28,25 @@ struct ChunkBases {
   int hn = 0, hm = 0;
   std::vector<float> cn_even_cols, cn_odd_cols;  // [j][v'] = C_n[2v'][j], C_n[2v'+1][j] (hn x hn)
   std::vector<float> cm_even_rows, cm_odd_rows;  // [u'][i] = C_m[2u'][i], C_m[2u'+1][i] (hm x hm)
+
+  // C_m's even/odd recursion for the decode's certified sign (sign_fold.h). Level l covers
+  // the rows u = 0 mod 2^l and the outputs i < cm >> l: about the middle of those outputs,
+  // its rows u = 2^l mod 2^(l+1) are odd and the others even, exactly in float32 (checked
+  // per level; the recursion stops at the first odd size or failed check).
+  struct SignPart {
+    int outputs = 0;            // i < outputs
+    int ld = 0;                 // outputs padded to a multiple of 8
+    int first = 0, step = 1, n = 0;  // its rows u = first + r * step, r < n
+    std::vector<float> basis;   // basis[r * ld + i] = C_m[first + r * step][i]
+  };
+  std::vector<SignPart> sign_odd;  // level l's odd rows over i < (cm >> l) / 2, level 0 first
+  SignPart sign_leaf;              // the rows u = 0 mod 2^L over i < cm >> L (L = levels)
+  // sign(y_fast) is sign(y) wherever |y_fast| > sign_bound * sum |A| (sign_fold.h).
+  float sign_bound = 0.0f;
   ChunkBases(int cm_, int cn_);
+
+ private:
+  void plan_certified_sign(const std::vector<float>& bm, const std::vector<float>& bn);
 };
 
 // The bases for a (cm, cn) chunk, built on first use and kept for the process (thread-safe).

@@ -17,6 +17,7 @@
 #include "kernels.h"
 #include "parallel.h"
 #include "scratch.h"
+#include "sign_fold.h"
 
 namespace dk {
 namespace DK_ARCH {
@@ -26,18 +27,23 @@ constexpr float kFlushBelow = 2.7755575615628914e-17f;  // 2^-55
 
 struct Scratch {
   int words;                      // 64-bit mark words per coefficient row
-  AlignedBuffer<float> agg;       // A (cm x ldn), all +0 between chunks
-  AlignedBuffer<int32_t> count;   // n[j] per padded position, all 0 between chunks
-  AlignedBuffer<float> partial;   // T (cm x ldn): its nonzero rows, compacted
-  AlignedBuffer<float> basis;     // the rows of C_m that match them (cm x ldm)
-  AlignedBuffer<uint64_t> marks;  // bit v of row u: A[u, v] is a term; all 0 between chunks
+  AlignedBuffer<float> partial;   // T (cm x ldn), rows as fold_rows lays them out
+  AlignedBuffer<float> basis;     // the rows of C_m that match compacted T rows (cm x ldm)
+  AlignedBuffer<uint64_t> marks;  // bit v of row u: (u, v) has a term; all 0 between chunks
+  std::vector<int> word_rank;     // terms before each mark word
   std::vector<int> rows;          // rows u of T with a term, ascending
-  std::vector<int> term_v;        // one row's terms: v and A[u, v]
+  std::vector<int> row_begin;     // the chunk's terms, row u's at [row_begin[u], row_begin[u + 1]),
+  std::vector<int> term_v;        // v ascending: v, the sum S then A[u, v], and the count n
   AlignedBuffer<float> term_a;
+  std::vector<int32_t> term_n;
+  SignWork sign;                  // the certified sign's (sign_fold.h)
+  float a_norm = 0.0f;            // sum |A| over the chunk's terms
   Scratch(int cm, int ldn)
-      : words((ldn + 63) / 64), agg(cm * ldn), count(cm * ldn), partial(cm * ldn),
-        basis(cm * ((cm + 7) / 8 * 8)), marks(cm * words), rows(cm), term_v(ldn), term_a(ldn) {}
-  void mark(int u, int v) { marks[u * words + (v >> 6)] |= uint64_t{1} << (v & 63); }
+      : words((ldn + 63) / 64), partial(cm * ldn), basis(cm * ((cm + 7) / 8 * 8)),
+        marks(cm * words), word_rank(cm * words + 1), rows(cm), row_begin(cm + 1),
+        term_v(cm * ldn), term_a(cm * ldn), term_n(cm * ldn), sign(cm) {}
+  // where (u, v) is marked: bit (at & 63) of word (at >> 6)
+  int mark_at(int u, int v) const { return u * words * 64 + v; }
 };
 
 constexpr int kRangeBad = 1, kOrderBad = 2, kValueBad = 4;
@@ -65,52 +71,68 @@ inline void prefetch_bytes(const void* p, int64_t bytes) {
 
 inline float canonical_value(float v) { return std::fabs(v) < kFlushBelow ? 0.0f : v; }
 
-// The first stage on the marked positions of s.agg: for each row u with a mark,
-// T[u, :] = fold over v ascending of A[u, v] * C_n[v, :], with A[u, v] = finish(S, n) from
-// the sums and counts there (a zero A is no term). T rows are stored compacted (row r for the
-// r-th such u, listed in s.rows), or, when `dense`, at row u with every other row zeroed.
-// Clears the sums, counts and marks. Returns the number of nonzero rows.
-template <class Finish>
-int first_stage(const ChunkBases& b, Scratch& s, Finish finish, bool dense) {
-  int n_rows = 0;
+// The first stage's terms of one chunk, from its picks: picks(visit) calls visit(at, value)
+// for every pick, at = s.mark_at(u, v), in SPEC 4.2's order (ascending peer, and a peer's
+// picks once each). Row by row and v ascending (s.row_begin, s.rows), each term gets
+// v, S (the picks' values added in that order from +0) and n, then A = finish(S, n)
+// (s.term_v, s.term_a, s.term_n); s.a_norm = sum |A|. A term whose A is zero stays: from +0,
+// its +-0 product changes no bit (SPEC 4.3). Two passes: the picks mark their positions, so
+// a pick's term is its rank among the marks (a popcount), and no per-position table is read.
+// Returns the number of rows with a term.
+template <class Picks, class Finish>
+int collect_terms(const ChunkBases& b, Scratch& s, Picks picks, Finish finish) {
+  uint64_t* marks = s.marks.data();
+  picks([&](int at, float) { marks[at >> 6] |= uint64_t{1} << (at & 63); });
+  int n_terms = 0, n_rows = 0;
   for (int u = 0; u < b.cm; ++u) {
-    uint64_t* mark = s.marks.data() + u * s.words;
-    float* sums = s.agg.data() + u * b.ldn;
-    int32_t* counts = s.count.data() + u * b.ldn;
-    int n_terms = 0;
-    for (int w = 0; w < s.words; ++w) {
-      for (uint64_t bits = mark[w]; bits; bits &= bits - 1) {
-        const int v = w * 64 + __builtin_ctzll(bits);
-        const float a = finish(sums[v], counts[v]);
-        sums[v] = 0.0f;
-        counts[v] = 0;
-        if (a != 0.0f) {
-          s.term_v[n_terms] = v;
-          s.term_a[n_terms++] = a;
-        }
-      }
-      mark[w] = 0;
+    s.row_begin[u] = n_terms;
+    for (int w = u * s.words; w < (u + 1) * s.words; ++w) {
+      s.word_rank[w] = n_terms;
+      n_terms += __builtin_popcountll(marks[w]);
     }
-    float* row = s.partial.data() + (dense ? u : n_rows) * b.ldn;
-    if (!n_terms) {
-      if (dense) std::memset(row, 0, sizeof(float) * b.ldn);
-      continue;
-    }
-    fold_terms(s.term_v.data(), s.term_a.data(), n_terms, b.cn_rows.data(), b.ldn, row, b.ldn);
-    s.rows[n_rows++] = u;
+    if (n_terms > s.row_begin[u]) s.rows[n_rows++] = u;
   }
+  s.row_begin[b.cm] = n_terms;
+  std::memset(s.term_a.data(), 0, sizeof(float) * n_terms);
+  std::memset(s.term_n.data(), 0, sizeof(int32_t) * n_terms);
+  const int row_bits = 64 * s.words;
+  picks([&](int at, float value) {
+    const int w = at >> 6;
+    const int r = s.word_rank[w] + __builtin_popcountll(marks[w] & ((uint64_t{1} << (at & 63)) - 1));
+    s.term_a[r] = s.term_a[r] + value;
+    s.term_n[r] += 1;
+    s.term_v[r] = s.words == 1 ? at & 63 : at % row_bits;
+  });
+  std::memset(marks, 0, sizeof(uint64_t) * b.cm * s.words);
+  // A in one loop (vector divisions); |A| summed in any order (it only bounds, sign_fold.h)
+  for (int t = 0; t < n_terms; ++t) s.term_a[t] = finish(s.term_a[t], s.term_n[t]);
+  v8f norm = vzero();
+  int t = 0;
+  for (; t + kLanes <= n_terms; t += kLanes) norm = norm + abs_of(vload(s.term_a.data() + t));
+  float a_norm = 0.0f;
+  for (int l = 0; l < kLanes; ++l) a_norm += norm[l];
+  for (; t < n_terms; ++t) a_norm += std::fabs(s.term_a[t]);
+  s.a_norm = a_norm;
   return n_rows;
 }
 
-// Rows of T that will have a term (an upper bound: a finished mean can flush to zero).
-inline int marked_rows(const ChunkBases& b, Scratch& s) {
-  int n = 0;
-  for (int u = 0; u < b.cm; ++u) {
-    uint64_t any = 0;
-    for (int w = 0; w < s.words; ++w) any |= s.marks[u * s.words + w];
-    n += any != 0;
+// Where fold_rows puts row u of T: the r-th row with a term at row r (compacted), every row
+// at row u with the empty ones zeroed (dense), or at position[u] (placed).
+enum class RowLayout { kCompacted, kDense, kPlaced };
+
+// The first stage, SPEC 4.3: T[u, :] = fold over v ascending of A[u, v] * C_n[v, :], for the
+// rows with a term (s.rows), from gather_terms.
+inline void fold_rows(const ChunkBases& b, Scratch& s, int n_rows, RowLayout layout,
+                      const int* position = nullptr) {
+  if (layout == RowLayout::kDense)
+    for (int u = 0; u < b.cm; ++u)
+      if (s.row_begin[u + 1] == s.row_begin[u]) std::memset(s.partial.data() + u * b.ldn, 0, sizeof(float) * b.ldn);
+  for (int r = 0; r < n_rows; ++r) {
+    const int u = s.rows[r], begin = s.row_begin[u];
+    const int at = layout == RowLayout::kCompacted ? r : layout == RowLayout::kDense ? u : position[u];
+    fold_terms(s.term_v.data() + begin, s.term_a.data() + begin, s.row_begin[u + 1] - begin,
+               b.cn_rows.data(), b.ldn, s.partial.data() + at * b.ldn, b.ldn);
   }
-  return n;
 }
 
 // Where the second stage's vectors go: row i, columns j.. of the chunk in the output tensor,
@@ -135,22 +157,29 @@ struct OutputSink {
   }
 };
 
-// The canonical inverse (SPEC 4.3) of the marked sums in s.agg, finished by finish(S, n),
-// written to the output.
-template <class Finish>
-void inverse_to(const ChunkBases& b, Scratch& s, Finish finish, OutputSink sink) {
+// The canonical inverse (SPEC 4.3) of the chunk's terms (collect_terms; n_rows rows with a
+// term), written to the output.
+void inverse_to(const ChunkBases& b, Scratch& s, int n_rows, OutputSink sink) {
+  if (sink.apply_sign && !b.sign_odd.empty()) {  // only sign(y) wanted: certify it (sign_fold.h)
+    sign_layout(b, s.rows.data(), n_rows, s.sign);
+    fold_rows(b, s, n_rows, RowLayout::kPlaced, s.sign.position.data());
+    // ordinary stores: streaming ones took 24 vs 16 ms for 4096 chunks here
+    certified_sign(b, s.partial.data(), b.ldn, s.rows.data(), n_rows, s.a_norm, b.ldn, s.sign,
+                   SignOut{sink.base, sink.stride, sink.cn});
+    return;
+  }
   // Mostly full T (e.g. 8 peers x 32 picks of 64 rows): the mirrored fold over every row
   // costs ~0.78 of the plain fold over all of them, so it wins from ~4/5 of the rows on.
   // Stores: streaming ones only for the sparse chunks below. Dense chunks have enough
   // arithmetic between stores to hide the line fills of ordinary ones, and streaming stores
   // stalled them (docs/cpu-kernels.md).
-  if (b.cm_mirror && b.cm >= 4 && marked_rows(b, s) * 5 >= b.cm * 4) {
-    first_stage(b, s, finish, true);
+  if (b.cm_mirror && b.cm >= 4 && n_rows * 5 >= b.cm * 4) {
+    fold_rows(b, s, n_rows, RowLayout::kDense);
     sink.streaming = false;
     fold_columns_mirrored(b.cm_rows.data(), b.ldm, b.cm, s.partial.data(), b.ldn, b.ldn, sink);
     return;
   }
-  const int n_rows = first_stage(b, s, finish, false);
+  fold_rows(b, s, n_rows, RowLayout::kCompacted);
   const float* basis = b.cm_rows.data();
   if (n_rows < b.cm) {  // the C_m rows of the compacted T rows
     for (int r = 0; r < n_rows; ++r)
@@ -183,14 +212,15 @@ int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
   const int E = g.cm * g.cn;
   const bool streaming = n_chunks(g) * E * 4 >= kStreamingBytes;
   return for_each_chunk(n_chunks(g), g.cm, b.ldn, threads, [&](Scratch& s, int64_t c) {
-    for (int u = 0; u < g.cm; ++u)
-      for (int v = 0; v < g.cn; ++v) {
-        const float a = coeffs[c * E + u * g.cn + v];
-        if (a == 0.0f) continue;  // a zero term changes no bit (SPEC 4.3)
-        s.agg[u * b.ldn + v] = a;
-        s.mark(u, v);
-      }
-    inverse_to(b, s, [](float a, int32_t) { return a; }, sink_for(b, chunk_site(g, c), x, false, streaming));
+    auto picks = [&](auto visit) {
+      for (int u = 0; u < g.cm; ++u)
+        for (int v = 0; v < g.cn; ++v) {
+          const float a = coeffs[c * E + u * g.cn + v];
+          if (a != 0.0f) visit(s.mark_at(u, v), a);  // a zero term changes no bit (SPEC 4.3)
+        }
+    };
+    const int n_rows = collect_terms(b, s, picks, [](float a, int32_t) { return a; });
+    inverse_to(b, s, n_rows, sink_for(b, chunk_site(g, c), x, false, streaming));
   });
 }
 
@@ -268,19 +298,15 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
         else prefetch_bytes(static_cast<const float*>(peer_values[p]) + next, k_eff * 4);
       }
     }
-    // ascending peer order: S[j] += v, n[j] += 1, mark (u, v); the value codec and the
-    // 64-wide layout (padded position == index, one mark word per row) hoisted out of the loop
-    auto aggregate = [&](auto value_at, auto place) {
-      for (int p = 0; p < n_peers; ++p) {
-        const int32_t* row = peer_indices[p] + first;
-        for (int q = 0; q < k_eff; ++q) {
-          const float value = value_at(p, q);
-          int32_t pos;
-          place(row[q], pos);
-          s.count[pos] += 1;
-          s.agg[pos] = s.agg[pos] + value;
+    // every pick in ascending peer order, as (mark position, value); the value codec and the
+    // 64-wide layout (mark position == index, one mark word per row) hoisted out of the loop
+    auto picks_of = [&](auto value_at, auto mark_of) {
+      return [&, value_at, mark_of](auto visit) {
+        for (int p = 0; p < n_peers; ++p) {
+          const int32_t* row = peer_indices[p] + first;
+          for (int q = 0; q < k_eff; ++q) visit(mark_of(row[q]), value_at(p, q));
         }
-      }
+      };
     };
     auto signs = [&](int p, int q) {
       const int64_t bit = first + q;
@@ -290,30 +316,25 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
     auto floats = [&](int p, int q) {
       return canonical_value(static_cast<const float*>(peer_values[p])[first + q]);
     };
-    auto wide = [&](int32_t e, int32_t& pos) {  // cn == ldn == 64
-      pos = e;
-      s.marks[e >> 6] |= uint64_t{1} << (e & 63);
-    };
-    auto general = [&](int32_t e, int32_t& pos) {
+    auto wide = [](int32_t e) { return e; };  // cn == 64, one mark word per row
+    auto general = [&](int32_t e) {
       const int32_t uv = positions[t][e];
-      const int u = uv >> 16, v = uv & 0xffff;
-      pos = u * b.ldn + v;
-      s.mark(u, v);
+      return s.mark_at(uv >> 16, uv & 0xffff);
     };
-    const bool is_wide = g.cn == 64 && b.ldn == 64 && s.words == 1;
-    if (sign_codec) {
-      if (is_wide) aggregate(signs, wide);
-      else aggregate(signs, general);
-    } else {
-      if (is_wide) aggregate(floats, wide);
-      else aggregate(floats, general);
-    }
     // A[j] = S[j] / n[j] (or / P), then the 2^-55 flush
     auto finish = [&](float sum, int32_t n) {
       const float mean = sum / (reduce == DK_REDUCE_MEAN ? static_cast<float>(n) : peers);
       return std::fabs(mean) < kFlushBelow ? 0.0f : mean;
     };
-    inverse_to(b, s, finish, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0, streaming));
+    const bool is_wide = g.cn == 64 && s.words == 1;
+    int n_rows;
+    if (sign_codec)
+      n_rows = is_wide ? collect_terms(b, s, picks_of(signs, wide), finish)
+                       : collect_terms(b, s, picks_of(signs, general), finish);
+    else
+      n_rows = is_wide ? collect_terms(b, s, picks_of(floats, wide), finish)
+                       : collect_terms(b, s, picks_of(floats, general), finish);
+    inverse_to(b, s, n_rows, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0, streaming));
   });
 }
 
