@@ -56,6 +56,16 @@ void ChunkBases::plan_certified_sign(const std::vector<float>& bm, const std::ve
     sign_odd.push_back(part(n / 2, step, 2 * step));
   }
   sign_leaf = part(n, 0, step);
+  sign_part_of.assign(cm, 0);
+  sign_slot.assign(cm, 0);
+  const int levels = static_cast<int>(sign_odd.size());
+  for (int p = 0; p <= levels; ++p) {
+    const SignPart& part = p < levels ? sign_odd[p] : sign_leaf;
+    for (int r = 0; r < part.n; ++r) {
+      sign_part_of[part.first + r * part.step] = p;
+      sign_slot[part.first + r * part.step] = r;
+    }
+  }
   // Each term of the fast sum passes one rounded product, at most (rows - 1) adds in its dot
   // product and one add per level; the exact fold, at most cm roundings. Twice their sum of
   // gammas, times max |C_m| * max |C_n| (sign_fold.h), covers both errors with room for the
@@ -99,6 +109,12 @@ ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
       if (mirrored != (u % 2 ? -value : value)) cm_mirror = false;
     }
   plan_certified_sign(bm, bn);
+  cn_mirror = true;
+  for (int v = 0; v < cn; ++v)
+    for (int j = 0; j < cn; ++j) {
+      const float mirrored = bn[v * cn + cn - 1 - j], value = bn[v * cn + j];
+      if (mirrored != (v % 2 ? -value : value)) cn_mirror = false;
+    }
   split_n = cn % 16 == 0;
   split_m = cm % 2 == 0 && cm > 1;
   if (split_n) {

@@ -25,6 +25,7 @@ struct ChunkBases {
   // C_m[u][cm-1-i] == (-1)^u C_m[u][i] exactly (as float32 values) for every u, i: the
   // decode's mirrored second stage (exact_fold.h) relies on it, so it is checked, not assumed.
   bool cm_mirror = false;
+  bool cn_mirror = false;  // the same for C_n (the first stage's mirrored fold)
   int hn = 0, hm = 0;
   std::vector<float> cn_even_cols, cn_odd_cols;  // [j][v'] = C_n[2v'][j], C_n[2v'+1][j] (hn x hn)
   std::vector<float> cm_even_rows, cm_odd_rows;  // [u'][i] = C_m[2u'][i], C_m[2u'+1][i] (hm x hm)
@@ -41,6 +42,8 @@ struct ChunkBases {
   };
   std::vector<SignPart> sign_odd;  // level l's odd rows over i < (cm >> l) / 2, level 0 first
   SignPart sign_leaf;              // the rows u = 0 mod 2^L over i < cm >> L (L = levels)
+  std::vector<int> sign_part_of;   // row u's part: its level, or L for the leaf
+  std::vector<int> sign_slot;      // row u's index r in its part
   // sign(y_fast) is sign(y) wherever |y_fast| > sign_bound * sum |A| (sign_fold.h).
   float sign_bound = 0.0f;
   ChunkBases(int cm_, int cn_);

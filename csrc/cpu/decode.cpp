@@ -93,15 +93,21 @@ int collect_terms(const ChunkBases& b, Scratch& s, Picks picks, Finish finish) {
     if (n_terms > s.row_begin[u]) s.rows[n_rows++] = u;
   }
   s.row_begin[b.cm] = n_terms;
-  std::memset(s.term_a.data(), 0, sizeof(float) * n_terms);
-  std::memset(s.term_n.data(), 0, sizeof(int32_t) * n_terms);
+  // local pointers: stores through them could alias s's members, which GCC then reloads
+  float* __restrict sums = s.term_a.data();
+  int32_t* __restrict counts = s.term_n.data();
+  int* __restrict term_v = s.term_v.data();
+  const int* __restrict word_rank = s.word_rank.data();
+  std::memset(sums, 0, sizeof(float) * n_terms);
+  std::memset(counts, 0, sizeof(int32_t) * n_terms);
   const int row_bits = 64 * s.words;
+  const bool one_word = s.words == 1;
   picks([&](int at, float value) {
     const int w = at >> 6;
-    const int r = s.word_rank[w] + __builtin_popcountll(marks[w] & ((uint64_t{1} << (at & 63)) - 1));
-    s.term_a[r] = s.term_a[r] + value;
-    s.term_n[r] += 1;
-    s.term_v[r] = s.words == 1 ? at & 63 : at % row_bits;
+    const int r = word_rank[w] + __builtin_popcountll(marks[w] & ((uint64_t{1} << (at & 63)) - 1));
+    sums[r] = sums[r] + value;
+    counts[r] += 1;
+    term_v[r] = one_word ? at & 63 : at % row_bits;
   });
   std::memset(marks, 0, sizeof(uint64_t) * b.cm * s.words);
   // A in one loop (vector divisions); |A| summed in any order (it only bounds, sign_fold.h)
@@ -127,11 +133,21 @@ inline void fold_rows(const ChunkBases& b, Scratch& s, int n_rows, RowLayout lay
   if (layout == RowLayout::kDense)
     for (int u = 0; u < b.cm; ++u)
       if (s.row_begin[u + 1] == s.row_begin[u]) std::memset(s.partial.data() + u * b.ldn, 0, sizeof(float) * b.ldn);
+  // mirrored columns where C_n allows (half the multiplies and basis loads)
+  const int halves = b.cn_mirror && b.cn % 16 == 0 && b.cn == b.ldn && b.cn <= 64 ? b.cn / 16 : 0;
   for (int r = 0; r < n_rows; ++r) {
-    const int u = s.rows[r], begin = s.row_begin[u];
+    const int u = s.rows[r], begin = s.row_begin[u], n = s.row_begin[u + 1] - begin;
     const int at = layout == RowLayout::kCompacted ? r : layout == RowLayout::kDense ? u : position[u];
-    fold_terms(s.term_v.data() + begin, s.term_a.data() + begin, s.row_begin[u + 1] - begin,
-               b.cn_rows.data(), b.ldn, s.partial.data() + at * b.ldn, b.ldn);
+    const int* v = s.term_v.data() + begin;
+    const float* a = s.term_a.data() + begin;
+    float* row = s.partial.data() + at * b.ldn;
+    switch (halves) {
+      case 4: fold_terms_mirrored<4>(v, a, n, b.cn_rows.data(), b.ldn, row); break;
+      case 3: fold_terms_mirrored<3>(v, a, n, b.cn_rows.data(), b.ldn, row); break;
+      case 2: fold_terms_mirrored<2>(v, a, n, b.cn_rows.data(), b.ldn, row); break;
+      case 1: fold_terms_mirrored<1>(v, a, n, b.cn_rows.data(), b.ldn, row); break;
+      default: fold_terms(v, a, n, b.cn_rows.data(), b.ldn, row, b.ldn);
+    }
   }
 }
 
@@ -162,6 +178,8 @@ struct OutputSink {
 void inverse_to(const ChunkBases& b, Scratch& s, int n_rows, OutputSink sink) {
   if (sink.apply_sign && !b.sign_odd.empty()) {  // only sign(y) wanted: certify it (sign_fold.h)
     sign_layout(b, s.rows.data(), n_rows, s.sign);
+    for (int e = 0; e < s.sign.n_empty; ++e)
+      std::memset(s.partial.data() + s.sign.empty[e] * b.ldn, 0, sizeof(float) * b.ldn);
     fold_rows(b, s, n_rows, RowLayout::kPlaced, s.sign.position.data());
     // ordinary stores: streaming ones took 24 vs 16 ms for 4096 chunks here
     certified_sign(b, s.partial.data(), b.ldn, s.rows.data(), n_rows, s.a_norm, b.ldn, s.sign,

@@ -111,6 +111,36 @@ inline void fold_terms(const int* v, const float* a, int n, const float* basis, 
   }
 }
 
+// fold_terms_block with mirrored columns, for a C_n whose rows are even or odd about the
+// middle exactly (C_n[v][w-1-j] == (-1)^v C_n[v][j], ChunkBases::cn_mirror): out holds 2 * NV
+// vectors; each product A * C_n[v][j] (j < NV * 8) is added at j and, negated for odd v, at
+// w-1-j, the same fold term for term (as for fold_tile_mirrored). Half the basis loads and
+// multiplies: the first stage reads C_n rows from L2 here.
+template <int NV>
+inline void fold_terms_mirrored(const int* v, const float* a, int n, const float* basis, int ldb,
+                                float* out) {
+  typedef int32_t v8i_t __attribute__((vector_size(32)));
+  v8f top[NV], bottom[NV];  // bottom[q] lane l: column 2 * NV * 8 - 1 - (q * 8 + l)
+#pragma GCC unroll 8
+  for (int q = 0; q < NV; ++q) top[q] = bottom[q] = vzero();
+  for (int t = 0; t < n; ++t) {
+    const v8f c = broadcast_load<v8f>(a + t);
+    const float* row = basis + v[t] * ldb;
+    const v8i_t flip = v8i_t{} + static_cast<int32_t>(static_cast<uint32_t>(v[t] & 1) << 31);
+#pragma GCC unroll 8
+    for (int q = 0; q < NV; ++q) {
+      const v8f product = c * exact_load<v8f>(row + q * kLanes);
+      top[q] = top[q] + product;
+      bottom[q] = bottom[q] + (v8f)((v8i_t)product ^ flip);  // -product for odd v: exact
+    }
+  }
+#pragma GCC unroll 8
+  for (int q = 0; q < NV; ++q) {
+    exact_store(out + q * kLanes, top[q]);
+    exact_store(out + (2 * NV - 1 - q) * kLanes, reverse_lanes(bottom[q]));
+  }
+}
+
 // NV consecutive vectors from p (one tile's slice of a T row).
 template <class V, int NV>
 inline __attribute__((always_inline)) void load_vectors(const float* p, V (&out)[NV]) {

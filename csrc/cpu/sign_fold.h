@@ -42,12 +42,16 @@ constexpr int kMaxParts = 10;
 // partial sums F (cm rows x up to 32 floats).
 struct SignWork {
   std::vector<int> position;          // T row of each row u with a term, part by part
+  std::vector<int> empty;             // T rows with no term, to be zeroed (n_empty of them)
+  std::vector<uint8_t> is_empty;      // all 1 between chunks
+  int n_empty = 0;
   int part_begin[kMaxParts] = {};     // part p's rows are T rows [part_begin[p], + part_n[p])
   int part_n[kMaxParts] = {};
   const float* part_basis[kMaxParts] = {};  // their C_m rows, part.ld floats apart
   AlignedBuffer<float> basis;         // parts with an empty row: their live rows' C_m rows
   AlignedBuffer<float> f;
-  explicit SignWork(int cm) : position(cm), basis(cm * (cm + 8)), f(cm * 32) {}
+  explicit SignWork(int cm)
+      : position(cm), empty(cm), is_empty(cm, 1), basis(cm * (cm + 8)), f(cm * 32) {}
 };
 
 template <class V>
@@ -98,37 +102,51 @@ inline const ChunkBases::SignPart& sign_part(const ChunkBases& b, int p) {
   return p < static_cast<int>(b.sign_odd.size()) ? b.sign_odd[p] : b.sign_leaf;
 }
 
-// Lays the chunk's T rows out part by part, only the rows with a term (rows, ascending): a
-// part's rows then sit ldt apart, and so do their C_m rows (the part's own where none is
-// empty, else copied to w.basis). Rows of T that are zero add nothing to the fast sums.
+// Lays the chunk's T rows out part by part: a part's rows then sit ldt apart, and so do their
+// C_m rows. A part with most rows live keeps all of them (the empty ones listed in w.empty,
+// for the caller to zero: a zero row adds nothing to the fast sums) and its own basis; a
+// sparser one keeps only its live rows, their C_m rows copied to w.basis. rows: the rows with
+// a term, ascending.
 inline void sign_layout(const ChunkBases& b, const int* rows, int n_rows, SignWork& w) {
   const int parts = static_cast<int>(b.sign_odd.size()) + 1;
+  const int* part_of = b.sign_part_of.data();
+  const int* slot = b.sign_slot.data();
   int counts[kMaxParts] = {};
-  auto part_of = [&](int u) {  // level l holds u = 2^l mod 2^(l+1); the leaf u = 0 mod 2^L
-    const int l = u ? __builtin_ctz(u) : parts - 1;
-    return l < parts - 1 ? l : parts - 1;
-  };
-  for (int r = 0; r < n_rows; ++r) ++counts[part_of(rows[r])];
-  int next = 0;
+  for (int r = 0; r < n_rows; ++r) ++counts[part_of[rows[r]]];
+  int next = 0, fill[kMaxParts];
+  bool whole[kMaxParts];
   float* spare = w.basis.data();
+  w.n_empty = 0;
   for (int p = 0; p < parts; ++p) {
     const ChunkBases::SignPart& part = sign_part(b, p);
-    w.part_begin[p] = next;
-    w.part_n[p] = counts[p];
+    whole[p] = counts[p] * 4 >= part.n * 3;
+    w.part_begin[p] = fill[p] = next;
+    w.part_n[p] = whole[p] ? part.n : counts[p];
     w.part_basis[p] = part.basis.data();
-    if (counts[p] < part.n) {
+    if (whole[p]) {
+      for (int r = 0; r < part.n; ++r) w.empty[w.n_empty++] = next + r;  // live ones struck below
+    } else {
       w.part_basis[p] = spare;
       for (int r = 0; r < n_rows; ++r)
-        if (part_of(rows[r]) == p) {
-          std::memcpy(spare, part.basis.data() + (rows[r] - part.first) / part.step * part.ld, sizeof(float) * part.ld);
+        if (part_of[rows[r]] == p) {
+          std::memcpy(spare, part.basis.data() + slot[rows[r]] * part.ld, sizeof(float) * part.ld);
           spare += part.ld;
         }
     }
-    next += counts[p];
+    next += w.part_n[p];
   }
-  int fill[kMaxParts];
-  for (int p = 0; p < parts; ++p) fill[p] = w.part_begin[p];
-  for (int r = 0; r < n_rows; ++r) w.position[rows[r]] = fill[part_of(rows[r])]++;  // ascending u
+  for (int r = 0; r < n_rows; ++r) {  // ascending u
+    const int u = rows[r], p = part_of[u];
+    w.position[u] = whole[p] ? w.part_begin[p] + slot[u] : fill[p]++;
+    if (whole[p]) w.is_empty[w.position[u]] = 0;
+  }
+  int kept = 0;  // the whole parts' empty rows
+  for (int e = 0; e < w.n_empty; ++e) {
+    const int at = w.empty[e];
+    if (w.is_empty[at]) w.empty[kept++] = at;
+    w.is_empty[at] = 1;
+  }
+  w.n_empty = kept;
 }
 
 // One part's rows: T rows t, t + t_step, ... and their basis rows c, c + c_step, ...
