@@ -1,4 +1,5 @@
-"""Every compiled CPU kernel set (generic, AVX2, AVX-512) decodes to the same bits and encodes
+"""Every compiled CPU kernel set (generic, AVX2, AVX-512) decodes to the same bits (plain and
+sign outputs, the certified sign's refold included) and encodes
 (``demo_step_`` and ``demo_step_coeffs_many_``) within SPEC 6, on the matrix-product chunk sides and on the fast-DCT ones (16, 32, 64), and on
 1-D tensors long enough for the batched path (blocks of cn chunks of cn elements) plus a tail.
 
@@ -29,8 +30,9 @@ for seed, shape, chunk in [(0, (96, 128), 64), (1, (3, 29, 48), 64), (2, (130,),
     peers = [dk.compress(torch.randn(shape, generator=g), k=7, chunk=chunk, backend="reference") for _ in range(3)]
     idx, val = [p[0] for p in peers], [p[1] for p in peers]
     for codec, vals in [("f32", val), ("sign", [dk.pack_signs(v) for v in val])]:
-        y = dk.decompress(idx, vals, shape, chunk, value_codec=codec, backend="cpu")
-        out["decode"].append(hashlib.sha256(y.numpy().tobytes()).hexdigest())
+        for sign in (False, True):
+            y = dk.decompress(idx, vals, shape, chunk, value_codec=codec, sign=sign, backend="cpu")
+            out["decode"].append(hashlib.sha256(y.numpy().tobytes()).hexdigest())
     x = torch.randn(shape, generator=g)
     want = dk.dct(x, chunk, backend="reference").double()  # float32 products: ~1e-7 of float64
     out["dct_err"].append(float((dk.dct(x, chunk, backend="cpu").double() - want).norm() / want.norm()))
@@ -47,6 +49,15 @@ g = torch.Generator().manual_seed(9)
 peers = [dk.compress(torch.randn(128, 192, generator=g), k=32, chunk=64, backend="reference") for _ in range(8)]
 for codec, vals, sign in [("f32", [p[1] for p in peers], False), ("sign", [dk.pack_signs(p[1]) for p in peers], True)]:
     y = dk.decompress([p[0] for p in peers], vals, (128, 192), 64, value_codec=codec, sign=sign, backend="cpu")
+    out["decode"].append(hashlib.sha256(y.numpy().tobytes()).hexdigest())
+# the certified sign's refold: one peer sends every coefficient of a signal that is half exact
+# zeros, so those outputs sit at the decode's rounding noise (tests/test_decode_sign_certified.py)
+for shape in [(128, 128), (96, 80)]:
+    x = torch.randn(shape, generator=g).double()
+    x[torch.rand(shape, generator=g) < 0.5] = 0.0
+    coeffs = dk.dct(x.float(), 64, backend="reference")
+    idx = torch.arange(coeffs.shape[1], dtype=torch.int32).expand(coeffs.shape[0], -1).contiguous()
+    y = dk.decompress([idx], [coeffs], shape, 64, sign=True, backend="cpu")
     out["decode"].append(hashlib.sha256(y.numpy().tobytes()).hexdigest())
 print(json.dumps(out))
 """
