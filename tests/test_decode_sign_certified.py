@@ -62,10 +62,10 @@ def test_dense_payloads_match_spec(backend, shape, codec, reduce):
     assert_same_bits(got, want)
 
 
-def cancelling_payload(shape, rng, tiny_exponents):
+def cancelling_payload(shape, rng, tiny_exponents, chunk=64):
     """One peer sends every coefficient of a chunked signal z whose entries are mostly exact
     zeros or ~2^-e times the rest, so the decode's outputs sit at its rounding noise there."""
-    p = sn.plan(shape, 64)
+    p = sn.plan(shape, chunk)
     z = rng.standard_normal(shape)
     kind = rng.integers(0, 3, size=shape)
     z[kind == 0] = 0.0
@@ -126,4 +126,20 @@ def test_sparse_and_dense_chunks_in_one_tensor_match_spec(backend):
         i[::2] = np.sort(rng.permuted(np.tile(np.arange(4 * p.cn), (p.n_chunks // 2, 1)), axis=1)[:, :k], axis=1)
     values = [make_values(rng, (p.n_chunks, k), "f32", 1.0, 0.0) for _ in range(2)]
     got, want = run_both(backend, shape, 64, indices, values, codec="f32", sign=True)
+    assert_same_bits(got, want)
+
+
+@pytest.mark.parametrize("shape, chunk", [((256, 256), 256), ((128, 384), 128), ((160, 96), 160)],
+                         ids=str)
+def test_large_chunk_sides_match_spec(backend, shape, chunk):
+    """Chunk sides past 64: eight levels at 256, seven at 128, five down to 5 at 160."""
+    p = sn.plan(shape, chunk)
+    rng = np.random.default_rng(seed_of("certified-large", shape, chunk))
+    k = p.E // 8
+    indices = make_indices(rng, p.n_chunks, p.E, k, 4, "random")
+    values = [make_values(rng, (p.n_chunks, k), "f32", 1.0, 0.0) for _ in range(4)]
+    got, want = run_both(backend, shape, chunk, indices, values, codec="f32", sign=True)
+    assert_same_bits(got, want)
+    _, _, indices, values = cancelling_payload(shape, rng, np.arange(14, 30), chunk)
+    got, want = run_both(backend, shape, chunk, indices, values, codec="f32", sign=True)
     assert_same_bits(got, want)
