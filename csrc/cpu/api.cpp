@@ -187,9 +187,21 @@ int dk_pack_signs(const float* values, int64_t n, uint8_t* out, int32_t threads)
 
 int dk_unpack_signs(const uint8_t* packed, int64_t n, float* out, int32_t threads) {
   if (n < 0 || (n && (!packed || !out))) return DK_ERR_ARGUMENT;
-  dk::parallel_for(n, threads_or_default(threads), 524288, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) out[i] = (packed[i >> 3] >> (i & 7)) & 1 ? -1.0f : 1.0f;
+  // A byte's 8 values at once from a table, without a branch: a branch per value on random
+  // signs mispredicted half the time (676 us for 131k values here, against the eager
+  // reference's ~340).
+  static const struct ByteSigns {
+    float values[256][8];
+    ByteSigns() {
+      for (int byte = 0; byte < 256; ++byte)
+        for (int bit = 0; bit < 8; ++bit) values[byte][bit] = (byte >> bit) & 1 ? -1.0f : 1.0f;
+    }
+  } table;
+  const int64_t whole = n / 8;
+  dk::parallel_for(whole, threads_or_default(threads), 65536, [&](int64_t begin, int64_t end) {
+    for (int64_t byte = begin; byte < end; ++byte) std::memcpy(out + byte * 8, table.values[packed[byte]], sizeof(float) * 8);
   });
+  for (int64_t i = whole * 8; i < n; ++i) out[i] = table.values[packed[i >> 3]][i & 7];
   return DK_OK;
 }
 

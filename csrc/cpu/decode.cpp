@@ -33,10 +33,10 @@ struct Scratch {
   AlignedBuffer<uint64_t> marks;  // bit v of row u: (u, v) has a term; all 0 between chunks
   std::vector<int> word_rank;     // terms before each mark word
   std::vector<int> rows;          // rows u of T with a term, ascending
-  std::vector<int> row_begin;     // the chunk's terms, row u's at [row_begin[u], row_begin[u + 1]),
-  std::vector<int> term_v;        // v ascending: v, the sum S then A[u, v], and the count n
-  AlignedBuffer<float> term_a;
-  std::vector<int32_t> term_n;
+  std::vector<int> row_begin;     // row u's terms are [row_begin[u], row_begin[u + 1]), v ascending:
+  std::vector<int> term_v;        //   their v,
+  AlignedBuffer<float> term_a;    //   S, then A[u, v] (collect_terms),
+  std::vector<int32_t> term_n;    //   and n
   SignWork sign;                  // the certified sign's (sign_fold.h)
   float a_norm = 0.0f;            // sum |A| over the chunk's terms
   Scratch(int cm, int ldn)
@@ -128,7 +128,7 @@ int collect_terms(const ChunkBases& b, Scratch& s, Picks picks, Finish finish) {
 enum class RowLayout { kCompacted, kDense, kPlaced };
 
 // The first stage, SPEC 4.3: T[u, :] = fold over v ascending of A[u, v] * C_n[v, :], for the
-// rows with a term (s.rows), from gather_terms.
+// rows with a term (s.rows), from collect_terms.
 inline void fold_rows(const ChunkBases& b, Scratch& s, int n_rows, RowLayout layout,
                       const int* position = nullptr) {
   if (layout == RowLayout::kDense)
