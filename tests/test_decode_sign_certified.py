@@ -14,10 +14,11 @@ from conftest import assert_same_bits, seed_of
 from test_decode import make_indices, make_values, run_both
 
 # Chunk sides the recursion handles differently: cm = 64 (six levels), 48 (four, down to 3),
-# 24 (three), 12 (two), 2 and 62 (one), 31 (none: the exact fold runs), and widths that end
-# in a half vector (cn = 40, 24, 12) or are not a multiple of 16 (cn = 60).
+# 32 and 16 (five, four), 24 (three), 12 (two), 2 and 62 (one), 31 (none: the exact fold
+# runs); widths the first stage mirrors (cn = 64, 48, 32, 16: 48 has zero basis entries) and
+# widths that end in a half vector (cn = 40, 24, 12) or are not a multiple of 16 (cn = 60).
 SHAPES = [(128, 128), (96, 80), (48, 120), (24, 12), (12, 64), (2, 64), (62, 64), (31, 40),
-          (3, 5, 64, 24)]
+          (3, 5, 64, 24), (64, 48), (32, 32), (16, 16)]
 U_EPS = 2.0**-24
 
 
