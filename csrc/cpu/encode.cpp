@@ -348,6 +348,19 @@ int for_each_chunk(int64_t total, int max_c, int k, int threads, Body body) {
   return dk::for_each_chunk(total, static_cast<int64_t>(max_c) * max_c, threads, [&] { return std::unique_ptr<Scratch>(new Scratch(max_c, k)); }, body);
 }
 
+// Both fused steps' schedule: rows(s, t, c0) for each batched block of 1-D chunks (c0 its
+// first chunk, cn chunks in all), chunk(s, t, c) for every other chunk, in parallel over all
+// tensors' units.
+template <class Rows, class Chunk>
+int for_each_step_unit(const StepUnits& units, const dk_geometry* geoms, int threads, Rows rows, Chunk chunk) {
+  return for_each_chunk(units.total(), units.max_c, units.max_k, threads, [&](Scratch& s, int64_t global) {
+    const int t = units.tensor_of(global);
+    const int64_t unit = global - units.first_unit[t];
+    if (unit < units.blocks[t]) return rows(s, t, unit * geoms[t].cn);
+    chunk(s, t, unit + units.blocks[t] * (geoms[t].cn - 1));
+  });
+}
+
 }  // namespace
 
 int dct(const void* x, int32_t dtype, const dk_geometry& g, float* coeffs, int threads) {
@@ -378,20 +391,15 @@ int demo_step(int n_tensors, float* const* deltas, const void* const* grads,
               int32_t* indices, float* values, int threads) {
   const StepUnits units(n_tensors, geoms, grad_dtypes, k);
   const auto& first_out = units.first_out;
-  const auto& blocks = units.blocks;
-  return for_each_chunk(units.total(), units.max_c, units.max_k, threads, [&](Scratch& s, int64_t global) {
-    const int t = units.tensor_of(global);
-    const int64_t unit = global - units.first_unit[t];
+  auto rows = [&](Scratch& s, int t, int64_t c0) {
+    const int kk = units.k_eff[t], cn = geoms[t].cn;
+    demo_step_rows(*units.bases[t], deltas[t] + c0 * cn, static_cast<const float*>(grads[t]) + c0 * cn, beta,
+                   lr, kk, s, indices + first_out[t] + c0 * kk, values + first_out[t] + c0 * kk);
+  };
+  return for_each_step_unit(units, geoms, threads, rows, [&](Scratch& s, int t, int64_t c) {
     const dk_geometry& g = geoms[t];
     const ChunkBases& b = *units.bases[t];
     const int kk = units.k_eff[t];
-    if (unit < blocks[t]) {
-      const int64_t c0 = unit * g.cn;
-      demo_step_rows(b, deltas[t] + c0 * g.cn, static_cast<const float*>(grads[t]) + c0 * g.cn, beta, lr,
-                     kk, s, indices + first_out[t] + c0 * kk, values + first_out[t] + c0 * kk);
-      return;
-    }
-    const int64_t c = unit + blocks[t] * (g.cn - 1);
     const ChunkSite site = chunk_site(g, c);
     float* state = deltas[t];
     float* block = s.block.data();
@@ -478,20 +486,16 @@ int demo_step_coeffs(int n_tensors, float* const* states, const void* const* gra
   // one contiguous block.
   const StepUnits units(n_tensors, geoms, grad_dtypes, k);
   const auto& first_out = units.first_out;
-  const auto& blocks = units.blocks;
-  return for_each_chunk(units.total(), units.max_c, units.max_k, threads, [&](Scratch& s, int64_t global) {
-    const int t = units.tensor_of(global);
-    const int64_t unit = global - units.first_unit[t];
+  auto rows = [&](Scratch& s, int t, int64_t c0) {
+    const int kk = units.k_eff[t], cn = geoms[t].cn;
+    demo_step_coeff_rows(*units.bases[t], states[t] + c0 * cn * geoms[t].cm,
+                         static_cast<const float*>(grads[t]) + c0 * cn, beta, lr, kk, s,
+                         indices + first_out[t] + c0 * kk, values + first_out[t] + c0 * kk);
+  };
+  return for_each_step_unit(units, geoms, threads, rows, [&](Scratch& s, int t, int64_t c) {
     const dk_geometry& g = geoms[t];
     const ChunkBases& b = *units.bases[t];
     const int kk = units.k_eff[t], E = g.cm * g.cn;
-    if (unit < blocks[t]) {
-      const int64_t c0 = unit * g.cn;
-      demo_step_coeff_rows(b, states[t] + c0 * E, static_cast<const float*>(grads[t]) + c0 * g.cn, beta, lr,
-                           kk, s, indices + first_out[t] + c0 * kk, values + first_out[t] + c0 * kk);
-      return;
-    }
-    const int64_t c = unit + blocks[t] * (g.cn - 1);
     if (c + 2 < n_chunks(g)) prefetch_chunk(grads[t], dtype_bytes(grad_dtypes[t]), chunk_site(g, c + 2), g.cm, g.cn);
     load_block(grads[t], grad_dtypes[t], chunk_site(g, c), b, s.block.data());
     // no row maxima from the transform: the bound is taken on X below
