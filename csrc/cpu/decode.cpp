@@ -38,7 +38,6 @@ struct Scratch {
   AlignedBuffer<float> term_a;    //   S, then A[u, v] (collect_terms),
   std::vector<int32_t> term_n;    //   and n
   SignWork sign;                  // the certified sign's (sign_fold.h)
-  float a_norm = 0.0f;            // sum |A| over the chunk's terms
   Scratch(int cm, int ldn)
       : words((ldn + 63) / 64), partial(cm * ldn), basis(cm * ((cm + 7) / 8 * 8)),
         marks(cm * words), word_rank(cm * words + 1), rows(cm), row_begin(cm + 1),
@@ -76,7 +75,7 @@ inline float canonical_value(float v) { return std::fabs(v) < kFlushBelow ? 0.0f
 // for every pick, at = s.mark_at(u, v), in SPEC 4.2's order (ascending peer, and a peer's
 // picks once each). Row by row and v ascending (s.row_begin, s.rows), each term gets
 // v, S (the picks' values added in that order from +0) and n, then A = finish(S, n)
-// (s.term_v, s.term_a, s.term_n); s.a_norm = sum |A|. A term whose A is zero stays: from +0,
+// (s.term_v, s.term_a, s.term_n). A term whose A is zero stays: from +0,
 // its +-0 product changes no bit (SPEC 4.3). Two passes: the picks mark their positions, so
 // a pick's term is its rank among the marks (a popcount), and no per-position table is read.
 // Returns the number of rows with a term.
@@ -111,16 +110,20 @@ int collect_terms(const ChunkBases& b, Scratch& s, Picks picks, Finish finish) {
     term_v[r] = one_word ? at & 63 : at % row_bits;
   });
   std::memset(marks, 0, sizeof(uint64_t) * b.cm * s.words);
-  // A in one loop (vector divisions); |A| summed in any order (it only bounds, sign_fold.h)
+  // A in one loop (vector divisions)
   for (int t = 0; t < n_terms; ++t) s.term_a[t] = finish(s.term_a[t], s.term_n[t]);
+  return n_rows;
+}
+
+// sum |A| over the chunk's terms, in any order: it only bounds (sign_fold.h).
+inline float terms_abs_sum(const float* a, int n_terms) {
   v8f norm = vzero();
   int t = 0;
-  for (; t + kLanes <= n_terms; t += kLanes) norm = norm + abs_of(vload(s.term_a.data() + t));
-  float a_norm = 0.0f;
-  for (int l = 0; l < kLanes; ++l) a_norm += norm[l];
-  for (; t < n_terms; ++t) a_norm += std::fabs(s.term_a[t]);
-  s.a_norm = a_norm;
-  return n_rows;
+  for (; t + kLanes <= n_terms; t += kLanes) norm = norm + abs_of(vload(a + t));
+  float sum = 0.0f;
+  for (int l = 0; l < kLanes; ++l) sum += norm[l];
+  for (; t < n_terms; ++t) sum += std::fabs(a[t]);
+  return sum;
 }
 
 // Where fold_rows puts row u of T: the r-th row with a term at row r (compacted), every row
@@ -186,7 +189,8 @@ void inverse_to(const ChunkBases& b, Scratch& s, int n_rows, OutputSink sink) {
       std::memset(s.partial.data() + s.sign.empty[e] * b.ldn, 0, sizeof(float) * b.ldn);
     fold_rows(b, s, n_rows, RowLayout::kPlaced, s.sign.position.data());
     // ordinary stores: streaming ones took 24 vs 16 ms for 4096 chunks here
-    certified_sign(b, s.partial.data(), b.ldn, s.rows.data(), n_rows, s.a_norm, b.ldn, s.sign,
+    const float a_norm = terms_abs_sum(s.term_a.data(), s.row_begin[b.cm]);
+    certified_sign(b, s.partial.data(), b.ldn, s.rows.data(), n_rows, a_norm, b.ldn, s.sign,
                    SignOut{sink.base, sink.stride, sink.cn});
     return;
   }
