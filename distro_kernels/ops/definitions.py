@@ -107,11 +107,15 @@ def _demo_step_many_(deltas: list[Tensor], grads: list[Tensor], beta: float, lr:
 demo_step_many_ = _define(_demo_step_many_, mutates_args=("deltas",))
 
 
+def _empty_selection(like: Tensor, plans, k: int) -> tuple[Tensor, Tensor]:
+    """A fused step's outputs, flat over every tensor's chunks: int32 indices, float values."""
+    total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
+    return like.new_empty(total, dtype=torch.int32), like.new_empty(total)
+
+
 @demo_step_many_.register_fake
 def _(deltas, grads, beta, lr, k, chunk):
-    plans = checks.demo_steps(deltas, grads, chunk, k, memory=False)
-    total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
-    return deltas[0].new_empty(total, dtype=torch.int32), deltas[0].new_empty(total)
+    return _empty_selection(deltas[0], checks.demo_steps(deltas, grads, chunk, k, memory=False), k)
 
 
 def _demo_step_coeffs_many_(states: list[Tensor], grads: list[Tensor], beta: float, lr: float,
@@ -128,9 +132,7 @@ demo_step_coeffs_many_ = _define(_demo_step_coeffs_many_, mutates_args=("states"
 
 @demo_step_coeffs_many_.register_fake
 def _(states, grads, beta, lr, k, chunk):
-    plans = checks.demo_steps_coeffs(states, grads, chunk, k, memory=False)
-    total = sum(plan.n_chunks * plan.k_eff(k) for plan in plans)
-    return states[0].new_empty(total, dtype=torch.int32), states[0].new_empty(total)
+    return _empty_selection(states[0], checks.demo_steps_coeffs(states, grads, chunk, k, memory=False), k)
 
 
 # ----------------------------------------------------------------------------- decode
