@@ -10,6 +10,7 @@ from ._version import __version__
 from .basis import canonical_basis
 from .chunking import ChunkPlan, chunk_plan
 from .info import info
+from .output_pool import empty_cache
 from .ops import (
     compress,
     dct,
@@ -52,6 +53,7 @@ __all__ = [
     "demo_step_coeffs_many_",
     "demo_step_many_",
     "demo_step_many_flat_",
+    "empty_cache",
     "idct",
     "info",
     "pack_signs",

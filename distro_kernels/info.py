@@ -6,14 +6,15 @@ import platform
 
 import torch
 
-from . import dispatch
+from . import dispatch, output_pool
 from ._ext import cpu_ext
 from ._version import __version__
 
 
 def info() -> dict:
     """Version, what each device type runs by default (and why anything is missing), the
-    implementations available, CPU features, thread count."""
+    implementations available, CPU features, thread count, what the CPU decode output pool
+    holds (``output_pool``)."""
     cpu_features = cpu_ext.cpu_features() if cpu_ext is not None else {}
     return {
         "version": __version__,
@@ -25,6 +26,7 @@ def info() -> dict:
         "cpu_features": cpu_features,
         "cpu_kernel": cpu_ext.kernel_variant() if cpu_ext is not None else None,
         "threads": torch.get_num_threads(),
+        "cpu_output_pool": output_pool.pool.stats(),
         "cuda_available": torch.cuda.is_available(),
         "cuda_kernels": _cuda_kernels(),
     }

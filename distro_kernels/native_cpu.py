@@ -11,6 +11,7 @@ import torch
 from ._ext import cpu_ext
 from .chunking import ChunkPlan
 from .chunking import crop_to_shape, pad_to_plan
+from .output_pool import pool as output_pool
 from .validation import content_error
 
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -100,8 +101,8 @@ def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_cod
     if value_codec != "sign":
         values_lists = [[v.float().contiguous() for v in peers] for peers in values_lists]
     indices_lists = [[i.contiguous() for i in peers] for peers in indices_lists]
-    if outs is None:
-        outs = [torch.empty(plan.padded_shape) for plan in plans]
+    if outs is None:  # reused blocks: fresh pages cost a third of a large decode (output_pool)
+        outs = [output_pool.empty(plan.padded_shape) for plan in plans]
     k_effs = [peers[0].shape[1] if peers else 1 for peers in indices_lists]
     status, bad_tensor, bad_peer = cpu_ext.decompress_many(
         [i.data_ptr() for peers in indices_lists for i in peers],

@@ -95,6 +95,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("pack_signs", [](uintptr_t values, int64_t n, uintptr_t out, int32_t threads) {
     return dk_pack_signs(ptr<const float>(values), n, ptr<uint8_t>(out), threads);
   }, no_gil);
+  m.def("rice_stats", [](uintptr_t indices, int64_t rows, int32_t k, int32_t max_r) {
+    int64_t sum_gaps = 0, unary_bits[32] = {};
+    const int status = dk_rice_stats(ptr<const int32_t>(indices), rows, k, max_r, &sum_gaps, unary_bits);
+    return std::make_tuple(status, sum_gaps, std::vector<int64_t>(unary_bits, unary_bits + (max_r >= 0 && max_r <= 31 ? max_r + 1 : 0)));
+  }, no_gil);
+  m.def("rice_write", [](uintptr_t indices, int64_t rows, int32_t k, int32_t r, uintptr_t unary,
+                         int64_t unary_bytes, uintptr_t remainders, int64_t remainder_bytes) {
+    return dk_rice_write(ptr<const int32_t>(indices), rows, k, r, ptr<uint8_t>(unary), unary_bytes,
+                         ptr<uint8_t>(remainders), remainder_bytes);
+  }, no_gil);
   m.def("unpack_signs", [](uintptr_t packed, int64_t n, uintptr_t out, int32_t threads) {
     return dk_unpack_signs(ptr<const uint8_t>(packed), n, ptr<float>(out), threads);
   }, no_gil);

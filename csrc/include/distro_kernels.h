@@ -83,6 +83,17 @@ int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const*
 int dk_pack_signs(const float* values, int64_t n, uint8_t* out, int32_t threads);
 int dk_unpack_signs(const uint8_t* packed, int64_t n, float* out, int32_t threads);
 
+/* Rice coding of a payload's chunk indices (docs/wire-format.md): rows chunks of k strictly
+ * ascending indices; gap g_0 = i_0, g_j = i_j - i_{j-1} - 1. dk_rice_stats gives the sum of
+ * the gaps and, for r in [0, max_r] (max_r <= 31), unary_bits[r] = rows * k + sum (g >> r).
+ * dk_rice_write writes the unary stream (each gap: g >> r zero bits, then a one bit) and the
+ * r-bit remainder stream, both LSB-first, into buffers of exactly ceil(unary_bits[r] / 8)
+ * and ceil(rows * k * r / 8) bytes. DK_ERR_INDEX_ORDER: indices not ascending. */
+int dk_rice_stats(const int32_t* indices, int64_t rows, int32_t k, int32_t max_r, int64_t* sum_gaps,
+                  int64_t* unary_bits);
+int dk_rice_write(const int32_t* indices, int64_t rows, int32_t k, int32_t r, uint8_t* unary,
+                  int64_t unary_bytes, uint8_t* remainders, int64_t remainder_bytes);
+
 const char* dk_status_string(int32_t status);
 /* "avx2" or "generic": which compiled kernel set this CPU runs. */
 const char* dk_kernel_variant(void);

@@ -235,11 +235,10 @@ class Payload:
             fixed_size = lay.fixed_index_bytes(t)
             use_rice, r = False, 0
             if ic != INDEX_FIXED:
-                g = rice.gaps(idx)
-                r, rice_size = rice.best_parameter(g, w)
+                r, rice_size = rice.plan(idx, w)
                 use_rice = ic == INDEX_RICE or RICE_LEN_SIZE + rice_size < fixed_size
             if use_rice:
-                unary, rem = rice.encode(g, r)
+                unary, rem = rice.encode_indices(idx, r)
                 parts += [SECTION.pack(INDEX_RICE, r), RICE_LEN.pack(len(unary)), unary, rem]
             else:
                 parts += [SECTION.pack(INDEX_FIXED, 0), bitpack.pack(idx, w)]

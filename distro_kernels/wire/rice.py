@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._ext import cpu_ext
 from . import bitpack
 
 # popcount of every byte value (numpy >= 2 has np.bitwise_count; this also works before)
@@ -38,11 +39,15 @@ def best_parameter(g: np.ndarray, max_r: int) -> tuple[int, int]:
     """The ``r`` in ``[0, max_r]`` that makes the fewest bytes, and those bytes (unary +
     remainders). Deterministic: candidates around ``log2(mean gap)``, ties to the smaller."""
     n = g.size
-    mean = float(np.mean(g)) if n else 0.0
+    mean = float(np.mean(g)) if n else 0.0  # exact integer sum in float64, then / n
+    return _best_of(n, mean, max_r, lambda r: unary_bits(g, r))
+
+
+def _best_of(n: int, mean: float, max_r: int, unary_bits_at) -> tuple[int, int]:
     r0 = int(np.floor(np.log2(mean * 0.69314718 + 1e-12))) if mean > 1 else 0
     best = None
     for r in sorted({min(max(c, 0), max_r) for c in (r0 - 1, r0, r0 + 1, r0 + 2)}):
-        size = (unary_bits(g, r) + 7) // 8 + bitpack.packed_size(n, r)
+        size = (unary_bits_at(r) + 7) // 8 + bitpack.packed_size(n, r)
         if best is None or size < best[1]:
             best = (r, size)
     return best
@@ -60,6 +65,41 @@ def encode(g: np.ndarray, r: int) -> tuple[bytes, bytes]:
     unary = np.packbits(bits, bitorder="little").tobytes()
     rem = bitpack.pack(flat & ((1 << r) - 1), r) if r else b""
     return unary, rem
+
+
+def plan(indices: np.ndarray, max_r: int) -> tuple[int, int]:
+    """:func:`best_parameter` of the gaps of ascending ``indices`` ``(rows, k)`` int32: the
+    same ``r`` and size, from the compiled kernel when it is there (no temporaries)."""
+    if cpu_ext is None or indices.size == 0:
+        return best_parameter(gaps(indices), max_r)
+    idx = np.ascontiguousarray(indices, dtype=np.int32)
+    rows, k = idx.shape
+    status, total, bits = cpu_ext.rice_stats(idx.ctypes.data, rows, k, max_r)
+    if status:
+        raise ValueError(f"rice plan: {cpu_ext.status_string(status)}")
+    return _best_of(idx.size, total / idx.size, max_r, lambda r: bits[r])
+
+
+def encode_indices(indices: np.ndarray, r: int) -> tuple[bytes | bytearray, bytes | bytearray]:
+    """:func:`encode` of the gaps of ascending ``indices`` ``(rows, k)`` int32: the same two
+    streams, written by the compiled kernel when it is there."""
+    if cpu_ext is None or indices.size == 0:
+        return encode(gaps(indices), r)
+    idx = np.ascontiguousarray(indices, dtype=np.int32)
+    rows, k = idx.shape
+    status, _, bits = cpu_ext.rice_stats(idx.ctypes.data, rows, k, r)
+    if status:
+        raise ValueError(f"rice encode: {cpu_ext.status_string(status)}")
+    unary, rem = bytearray((bits[r] + 7) // 8), bytearray(bitpack.packed_size(idx.size, r))
+    status = cpu_ext.rice_write(idx.ctypes.data, rows, k, r, _address(unary), len(unary),
+                                _address(rem), len(rem))
+    if status:
+        raise ValueError(f"rice encode: {cpu_ext.status_string(status)}")
+    return unary, rem
+
+
+def _address(buf: bytearray) -> int:
+    return np.frombuffer(buf, dtype=np.uint8).ctypes.data if len(buf) else 0
 
 
 _BLOCK = 1 << 20  # unary bytes expanded to bits at a time (8 MiB of bits)
