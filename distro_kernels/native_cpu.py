@@ -141,3 +141,20 @@ def unpack_signs(packed: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.empty(n)
     _check(cpu_ext.unpack_signs(packed.data_ptr(), n, out.data_ptr(), _threads()), "unpack_signs")
     return out
+
+
+def has_nonfinite(x: torch.Tensor) -> bool:
+    """Whether a contiguous CPU float32/bfloat16/float16 tensor holds an inf or NaN (the
+    optimizer's check, on this library's threads: see ``csrc/cpu/passes.cpp``)."""
+    status, found = cpu_ext.has_nonfinite(x.data_ptr(), _DTYPE_CODES[x.dtype], x.numel(), _threads())
+    _check(status, "has_nonfinite")
+    return bool(found)
+
+
+def apply_update_(p: torch.Tensor, update: torch.Tensor, keep: float | None, step: float) -> None:
+    """``p.mul_(keep)`` (unless ``keep`` is None) then ``p.add_(update, alpha=step)``, each
+    rounded in float32; bit for bit torch's when ``update`` holds signs (+-1 or 0). Both
+    contiguous float32 CPU tensors of one size."""
+    status = cpu_ext.apply_update(p.data_ptr(), update.data_ptr(), p.numel(), 0.0 if keep is None else keep,
+                                  int(keep is not None), step, _threads())
+    _check(status, "apply_update")

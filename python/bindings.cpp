@@ -95,6 +95,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("pack_signs", [](uintptr_t values, int64_t n, uintptr_t out, int32_t threads) {
     return dk_pack_signs(ptr<const float>(values), n, ptr<uint8_t>(out), threads);
   }, no_gil);
+  m.def("has_nonfinite", [](uintptr_t x, int32_t dtype, int64_t n, int32_t threads) {
+    int32_t found = 0;
+    const int status = dk_has_nonfinite(ptr<const void>(x), dtype, n, threads, &found);
+    return std::make_tuple(status, found);
+  }, no_gil);
+  m.def("apply_update", [](uintptr_t p, uintptr_t update, int64_t n, float keep, int32_t decay, float step,
+                           int32_t threads) {
+    return dk_apply_update(ptr<float>(p), ptr<const float>(update), n, keep, decay, step, threads);
+  }, no_gil);
   m.def("rice_stats", [](uintptr_t indices, int64_t rows, int32_t k, int32_t max_r) {
     int64_t sum_gaps = 0, unary_bits[32] = {};
     const int status = dk_rice_stats(ptr<const int32_t>(indices), rows, k, max_r, &sum_gaps, unary_bits);

@@ -94,6 +94,14 @@ int dk_rice_stats(const int32_t* indices, int64_t rows, int32_t k, int32_t max_r
 int dk_rice_write(const int32_t* indices, int64_t rows, int32_t k, int32_t r, uint8_t* unary,
                   int64_t unary_bytes, uint8_t* remainders, int64_t remainder_bytes);
 
+/* The optimizer's passes (distro_kernels/optim/demo.py). dk_has_nonfinite: *found = 1 if
+ * any of the n values (dtype) is an inf or NaN, else 0. dk_apply_update: p = p * keep (when
+ * decay) + step * update, each operation rounded, none fused; for a sign update (+-1 or 0)
+ * that is torch's p.mul_(keep); p.add_(update, alpha=step) bit for bit. */
+int dk_has_nonfinite(const void* x, int32_t dtype, int64_t n, int32_t threads, int32_t* found);
+int dk_apply_update(float* p, const float* update, int64_t n, float keep, int32_t decay, float step,
+                    int32_t threads);
+
 const char* dk_status_string(int32_t status);
 /* "avx2" or "generic": which compiled kernel set this CPU runs. */
 const char* dk_kernel_variant(void);
