@@ -30,6 +30,9 @@ def test_plan_and_streams_match_numpy(rows, k, E):
     idx = random_indices(rng, rows, k, E)
     max_r = max(int(E - 1).bit_length(), 0)
     assert rice.plan(idx, max_r) == rice.best_parameter(rice.gaps(idx), max_r)
+    best, size = rice.plan(idx, max_r)
+    streams = rice.encode_indices(idx, best, size)  # the plan's size: no second pass
+    assert sum(map(len, streams)) == size and streams == rice.encode_indices(idx, best)
     for r in sorted({0, 1, max_r // 2, max_r, min(31, max_r + 3)}):
         unary, rem = rice.encode_indices(idx, r)
         ref_unary, ref_rem = numpy_streams(idx, r)

@@ -4,6 +4,7 @@
 // temporaries per 4096x4096 tensor, and inside a training step those are fresh pages (glibc
 // hands the heap back between steps): 839 page faults and ~4 ms per payload here, against
 // ~1 ms warm. This writes the two streams straight into the caller's buffers.
+#include <algorithm>
 #include <cstring>
 
 #include "distro_kernels.h"
@@ -24,18 +25,30 @@ int dk_rice_stats(const int32_t* indices, int64_t rows, int32_t k, int32_t max_r
                   int64_t* unary_bits) {
   if (rows < 0 || k < 1 || max_r < 0 || max_r > 31 || !sum_gaps || !unary_bits || (rows && !indices))
     return DK_ERR_ARGUMENT;
-  int64_t sum = 0, quotients[32] = {};
-  for (int64_t c = 0; c < rows; ++c) {
-    const int32_t* row = indices + c * k;
-    for (int j = 0; j < k; ++j) {
+  // The gaps of a block of rows at a time, then one vectorizable pass per r over the block
+  // (an r loop inside the gap loop ran 1.4 ms for 4096 x 32 gaps here).
+  constexpr int kBlock = 2048;
+  uint32_t block[kBlock];
+  int64_t quotients[32] = {};
+  const int64_t n = rows * k;
+  const int32_t* row = indices;
+  int j = 0;  // the next gap is row[j]'s
+  for (int64_t first = 0; first < n; first += kBlock) {
+    const int count = static_cast<int>(std::min<int64_t>(kBlock, n - first));
+    for (int e = 0; e < count; ++e) {
       const int64_t g = gap(row, j);
       if (g < 0) return DK_ERR_INDEX_ORDER;
-      sum += g;
-      for (int r = 0; r <= max_r; ++r) quotients[r] += g >> r;
+      block[e] = static_cast<uint32_t>(g);  // < 2^31: indices are int32
+      if (++j == k) j = 0, row += k;
+    }
+    for (int r = 0; r <= max_r; ++r) {
+      uint64_t sum = 0;
+      for (int e = 0; e < count; ++e) sum += block[e] >> r;
+      quotients[r] += static_cast<int64_t>(sum);
     }
   }
-  *sum_gaps = sum;
-  for (int r = 0; r <= max_r; ++r) unary_bits[r] = rows * k + quotients[r];
+  *sum_gaps = quotients[0];
+  for (int r = 0; r <= max_r; ++r) unary_bits[r] = n + quotients[r];
   return DK_OK;
 }
 
@@ -61,12 +74,16 @@ int dk_rice_write(const int32_t* indices, int64_t rows, int32_t k, int32_t r, ui
       if (bit >= unary_bytes * 8) return DK_ERR_ARGUMENT;
       unary[bit >> 3] |= uint8_t(1u << (bit & 7));
       ++bit;
-      pending |= (uint64_t(g) & mask) << held;
+      pending |= (uint64_t(g) & mask) << held;  // held < 32 and r <= 31: fits 64 bits
       held += r;
-      for (; held >= 8; held -= 8, pending >>= 8) remainders[out++] = uint8_t(pending);
+      if (held >= 32) {  // a whole word: never past the stream's ceil(n r / 8) bytes
+        for (int b = 0; b < 4; ++b) remainders[out++] = uint8_t(pending >> (8 * b));
+        pending >>= 32;
+        held -= 32;
+      }
     }
   }
-  if (held) remainders[out++] = uint8_t(pending);
+  for (; held > 0; held -= 8, pending >>= 8) remainders[out++] = uint8_t(pending);
   return (bit + 7) / 8 == unary_bytes && out == remainder_bytes ? DK_OK : DK_ERR_ARGUMENT;
 }
 

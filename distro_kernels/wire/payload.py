@@ -238,7 +238,7 @@ class Payload:
                 r, rice_size = rice.plan(idx, w)
                 use_rice = ic == INDEX_RICE or RICE_LEN_SIZE + rice_size < fixed_size
             if use_rice:
-                unary, rem = rice.encode_indices(idx, r)
+                unary, rem = rice.encode_indices(idx, r, rice_size)
                 parts += [SECTION.pack(INDEX_RICE, r), RICE_LEN.pack(len(unary)), unary, rem]
             else:
                 parts += [SECTION.pack(INDEX_FIXED, 0), bitpack.pack(idx, w)]

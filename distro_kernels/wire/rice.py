@@ -80,17 +80,22 @@ def plan(indices: np.ndarray, max_r: int) -> tuple[int, int]:
     return _best_of(idx.size, total / idx.size, max_r, lambda r: bits[r])
 
 
-def encode_indices(indices: np.ndarray, r: int) -> tuple[bytes | bytearray, bytes | bytearray]:
+def encode_indices(indices: np.ndarray, r: int, size: int | None = None
+                   ) -> tuple[bytes | bytearray, bytes | bytearray]:
     """:func:`encode` of the gaps of ascending ``indices`` ``(rows, k)`` int32: the same two
-    streams, written by the compiled kernel when it is there."""
+    streams, written by the compiled kernel when it is there. ``size``: both streams' bytes
+    as :func:`plan` gave them for this ``r`` (saves a pass)."""
     if cpu_ext is None or indices.size == 0:
         return encode(gaps(indices), r)
     idx = np.ascontiguousarray(indices, dtype=np.int32)
     rows, k = idx.shape
-    status, _, bits = cpu_ext.rice_stats(idx.ctypes.data, rows, k, r)
-    if status:
-        raise ValueError(f"rice encode: {cpu_ext.status_string(status)}")
-    unary, rem = bytearray((bits[r] + 7) // 8), bytearray(bitpack.packed_size(idx.size, r))
+    rem_bytes = bitpack.packed_size(idx.size, r)
+    if size is None:
+        status, _, bits = cpu_ext.rice_stats(idx.ctypes.data, rows, k, r)
+        if status:
+            raise ValueError(f"rice encode: {cpu_ext.status_string(status)}")
+        size = (bits[r] + 7) // 8 + rem_bytes
+    unary, rem = bytearray(size - rem_bytes), bytearray(rem_bytes)
     status = cpu_ext.rice_write(idx.ctypes.data, rows, k, r, _address(unary), len(unary),
                                 _address(rem), len(rem))
     if status:
