@@ -158,3 +158,4 @@ def apply_update_(p: torch.Tensor, update: torch.Tensor, keep: float | None, ste
     status = cpu_ext.apply_update(p.data_ptr(), update.data_ptr(), p.numel(), 0.0 if keep is None else keep,
                                   int(keep is not None), step, _threads())
     _check(status, "apply_update")
+    torch.autograd.graph.increment_version(p)  # an in-place write, as p.add_ would count it

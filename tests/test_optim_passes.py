@@ -62,8 +62,19 @@ def test_apply_is_torch_bit_for_bit_on_signs(n, keep):
     if keep is not None:
         expected.mul_(keep)
     expected.add_(update, alpha=-lr)
+    version = p._version
     native_cpu.apply_update_(p, update, keep, -lr)
     assert torch.equal(p.view(torch.int32), expected.view(torch.int32))
+    assert p._version > version  # autograd sees the in-place write
+
+
+def test_apply_after_use_in_a_graph_is_caught_by_autograd():
+    p = torch.nn.Parameter(torch.randn(16))
+    loss = (p * p).sum()  # saves p for backward
+    with torch.no_grad():
+        native_cpu.apply_update_(p, torch.ones(16), None, -1e-3)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def model(seed=0):
