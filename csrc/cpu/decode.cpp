@@ -48,19 +48,17 @@ struct Scratch {
 
 constexpr int kRangeBad = 1, kOrderBad = 2, kValueBad = 4;
 
-// SPEC 5's per-chunk rules on one peer's k indices (and values, unless sign-coded).
+// SPEC 5's per-chunk rules on one peer's k indices (and values, unless sign-coded). Each rule
+// is an OR over independent comparisons, so the loops vectorize (with a running `previous`
+// they did not: the pass took ~1 ms for 8 peers at 4096x4096). A negative first index is a
+// range error, which the caller reports before any order error.
 int check_chunk(const int32_t* row, const float* values, int k, int E) {
-  int flags = 0;
-  int32_t previous = -1;
-  for (int t = 0; t < k; ++t) {
-    if (row[t] < 0 || row[t] >= E) flags |= kRangeBad;
-    if (row[t] <= previous) flags |= kOrderBad;
-    previous = row[t];
-  }
+  int out_of_range = 0, unordered = 0, bad_value = 0;
+  for (int t = 0; t < k; ++t) out_of_range |= (row[t] < 0) | (row[t] >= E);
+  for (int t = 1; t < k; ++t) unordered |= row[t] <= row[t - 1];
   if (values)
-    for (int t = 0; t < k; ++t)
-      if (!(std::fabs(values[t]) < 18446744073709551616.0f)) flags |= kValueBad;  // 2^64; NaN too
-  return flags;
+    for (int t = 0; t < k; ++t) bad_value |= !(std::fabs(values[t]) < 18446744073709551616.0f);  // 2^64; NaN too
+  return (out_of_range ? kRangeBad : 0) | (unordered ? kOrderBad : 0) | (bad_value ? kValueBad : 0);
 }
 
 inline void prefetch_bytes(const void* p, int64_t bytes) {
