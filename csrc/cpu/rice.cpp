@@ -2,8 +2,8 @@
 // the gaps between each chunk's ascending indices, the unary stream of their quotients and
 // the r-bit stream of their remainders, both LSB-first. numpy's version makes ~3 MiB of
 // temporaries per 4096x4096 tensor, and inside a training step those are fresh pages (glibc
-// hands the heap back between steps): 839 page faults and ~4 ms per payload here, against
-// ~1 ms warm. This writes the two streams straight into the caller's buffers.
+// hands the heap back between steps): 839 page faults and 2.6-4.0 ms per such tensor here,
+// against ~1.1 ms warm. This writes the two streams straight into the caller's buffers.
 #include <algorithm>
 #include <cstring>
 
@@ -25,7 +25,7 @@ int dk_rice_stats(const int32_t* indices, int64_t rows, int32_t k, int32_t max_r
                   int64_t* unary_bits) {
   if (rows < 0 || k < 1 || max_r < 0 || max_r > 31 || !sum_gaps || !unary_bits || (rows && !indices))
     return DK_ERR_ARGUMENT;
-  // The gaps of a block of rows at a time, then one vectorizable pass per r over the block
+  // A block of gaps at a time, then one vectorizable pass per r over the block
   // (an r loop inside the gap loop ran 1.4 ms for 4096 x 32 gaps here).
   constexpr int kBlock = 2048;
   uint32_t block[kBlock];
