@@ -24,6 +24,16 @@ void canonical_basis(int c, float* out) {
   }
 }
 
+// basis[u][c-1-i] == (-1)^u basis[u][i] exactly, for every row u and column i (c x c basis).
+static bool mirror_exact(const std::vector<float>& basis, int c) {
+  for (int u = 0; u < c; ++u)
+    for (int i = 0; i < c; ++i) {
+      const float value = basis[u * c + i], mirrored = basis[u * c + c - 1 - i];
+      if (mirrored != (u % 2 ? -value : value)) return false;
+    }
+  return true;
+}
+
 // gamma_n of the standard rounding-error model (Higham 3.1): n roundings of unit 2^-24.
 static double gamma_of(int n) {
   const double u = std::ldexp(1.0, -24);
@@ -102,19 +112,9 @@ ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
       cn_rows[v * ldn + j] = bn[v * cn + j];
       cn_cols[j * ldn + v] = bn[v * cn + j];
     }
-  cm_mirror = true;
-  for (int u = 0; u < cm; ++u)
-    for (int i = 0; i < cm; ++i) {
-      const float mirrored = bm[u * cm + cm - 1 - i], value = bm[u * cm + i];
-      if (mirrored != (u % 2 ? -value : value)) cm_mirror = false;
-    }
+  cm_mirror = mirror_exact(bm, cm);
+  cn_mirror = mirror_exact(bn, cn);
   plan_certified_sign(bm, bn);
-  cn_mirror = true;
-  for (int v = 0; v < cn; ++v)
-    for (int j = 0; j < cn; ++j) {
-      const float mirrored = bn[v * cn + cn - 1 - j], value = bn[v * cn + j];
-      if (mirrored != (v % 2 ? -value : value)) cn_mirror = false;
-    }
   split_n = cn % 16 == 0;
   split_m = cm % 2 == 0 && cm > 1;
   if (split_n) {
