@@ -70,7 +70,7 @@ struct LeeForward<V, 1> {
 // subproblem is an 8-point transform (pass 2), and outputs 8a..8a+7 need only elements a and
 // a+1 of the subproblems (pass 3: the three recombinations). Written as the plain recursion,
 // 64 vectors spill at every level: one 8-lane strip with its loads and stores took 178-192 ns,
-// this 107-116 ns (Zen 3, one thread, L1-resident). The plain recursion stays the reference:
+// this 107-116 ns in two runs of three and 155 ns in the third (Zen 3, one thread, L1-resident). The plain recursion stays the reference:
 // tests/cpp/lee64_check.cpp compares the two bit for bit.
 template <class V>
 struct LeeForward64 {

@@ -1,9 +1,10 @@
 // The optimizer's whole-tensor passes on CPU (distro_kernels/optim/demo.py): the non-finite
 // check before a step and the sign-SGD apply after it, on this library's thread pool. torch's
 // own ops compute the same, but each of its parallel regions leaves an OpenMP worker spinning
-// on a core for a few ms afterwards (libgomp's default wait policy; PAUSE is slow on Zen), and
-// a kernel of ours started in that window shares a core with it: the 4096x4096 encode right
-// after torch.aminmax took 26.2 against 21.4 ms (medians; the same with OMP_WAIT_POLICY=PASSIVE).
+// on a core for a few ms afterwards (libgomp's default wait policy), and a kernel of ours
+// started in that window shares a core with it: the 4096x4096 encode right after
+// torch.aminmax took 26.2-26.5 against 21.1-21.7 ms (medians), and 21.4 ms with
+// OMP_WAIT_POLICY=PASSIVE.
 #include <cstdint>
 #include <cstring>
 
