@@ -115,6 +115,8 @@ ChunkBases::ChunkBases(int cm_, int cn_) : cm(cm_), cn(cn_) {
   cm_mirror = mirror_exact(bm, cm);
   cn_mirror = mirror_exact(bn, cn);
   plan_certified_sign(bm, bn);
+  lee_sign_bound = lee_sign_bounds(cm, cn, bm, bn);
+  lee_row0 = lee_row0_scale();
   split_n = cn % 16 == 0;
   split_m = cm % 2 == 0 && cm > 1;
   if (split_n) {

@@ -46,11 +46,21 @@ struct ChunkBases {
   std::vector<int> sign_slot;      // row u's index r in its part
   // sign(y_fast) is sign(y) wherever |y_fast| > sign_bound * sum |A| (sign_fold.h).
   float sign_bound = 0.0f;
+  // The Lee certified sign (lee_sign.h), for cm = 16, 32, 64 (empty otherwise): sign(y_lee[i])
+  // is sign(y[i]) wherever |y_lee[i]| > lee_sign_bound[i] * sum |A|; its input row 0 is scaled
+  // by lee_row0.
+  std::vector<float> lee_sign_bound;
+  float lee_row0 = 0.0f;
   ChunkBases(int cm_, int cn_);
 
  private:
   void plan_certified_sign(const std::vector<float>& bm, const std::vector<float>& bn);
 };
+
+// lee_sign_bound for a chunk (lee_sign_bound.cpp; empty unless cm is 16, 32 or 64), from the
+// canonical bases bm (cm x cm) and bn (cn x cn); and the factor of row 0 it assumes.
+std::vector<float> lee_sign_bounds(int cm, int cn, const std::vector<float>& bm, const std::vector<float>& bn);
+float lee_row0_scale();
 
 // The bases for a (cm, cn) chunk, built on first use and kept for the process (thread-safe).
 // Building one costs ~2 * c^2 float64 cosines, which a per-call build paid on every small tensor.

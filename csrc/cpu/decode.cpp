@@ -1,6 +1,7 @@
 // Decode kernels (SPEC section 4), bit-exact: float32 aggregation of the peers in list order,
 // then the canonical inverse DCT with separately rounded multiplies and adds in ascending
-// order (exact_fold.h), or, where only sign(y) is wanted, its certified sign (sign_fold.h).
+// order (exact_fold.h), or, where only sign(y) is wanted, its certified sign (lee_sign.h,
+// sign_fold.h).
 // Terms whose multiplicand is zero may be folded or skipped (SPEC 4.3: from +0 either changes
 // no bit): the first stage folds only the picked coefficients, the second only the rows that
 // have one. The second stage writes each output vector once, straight to the tensor.
@@ -16,6 +17,7 @@
 #include "exact_fold.h"
 #include "geometry.h"
 #include "kernels.h"
+#include "lee_sign.h"
 #include "parallel.h"
 #include "scratch.h"
 #include "sign_fold.h"
@@ -178,9 +180,17 @@ struct OutputSink {
 // The canonical inverse (SPEC 4.3) of the chunk's terms (collect_terms; n_rows rows with a
 // term), written to the output.
 void inverse_to(const ChunkBases& b, Scratch& s, int n_rows, OutputSink sink) {
-  // Only sign(y) wanted: certify it (sign_fold.h). With collect_terms and the mirrored first
-  // stage, a decode of 8 peers at 4096x4096 on one thread took 28.7 ms against 40.2 ms for
-  // the exact fold's build (both run at once, one per core; minima of 15 calls).
+  // Only sign(y) wanted: certify it, from Lee's fast inverse for cm = 16, 32, 64 (lee_sign.h),
+  // else from the even/odd recursion (sign_fold.h). With collect_terms and the mirrored first
+  // stage, the recursion's decode of 8 peers at 4096x4096 on one thread took 28.7 ms against
+  // 40.2 ms for the exact fold's build (both run at once, one per core; minima of 15 calls).
+  if (sink.apply_sign && !b.lee_sign_bound.empty()) {
+    fold_rows(b, s, n_rows, RowLayout::kDense);
+    const float a_norm = terms_abs_sum(s.term_a.data(), s.row_begin[b.cm]);
+    lee_certified_sign(b, s.partial.data(), b.ldn, s.rows.data(), n_rows, a_norm, b.ldn, s.sign,
+                       SignOut{sink.base, sink.stride, sink.cn});
+    return;
+  }
   if (sink.apply_sign && !b.sign_odd.empty()) {
     sign_layout(b, s.rows.data(), n_rows, s.sign);
     for (int e = 0; e < s.sign.n_empty; ++e)

@@ -1,5 +1,6 @@
-// Fast DCT for power-of-two chunk sides (encode only): Lee's recursion (B. G. Lee, "A new
-// algorithm to compute the discrete cosine transform", 1984), run on whole row vectors.
+// Fast DCT for power-of-two chunk sides (the encoder; its unfused inverse also certifies the
+// decode's signs): Lee's recursion (B. G. Lee, "A new algorithm to compute the discrete cosine
+// transform", 1984), run on whole row vectors.
 //
 // An N-point DCT-II splits into two N/2-point ones: g[i] = x[i] + x[N-1-i] gives the even
 // outputs, h[i] = (x[i] - x[N-1-i]) / (2 cos(pi (2i+1) / 2N)) gives the odd ones as
@@ -8,8 +9,9 @@
 // backwards. Each "element" here is a vector of lanes from one row of the chunk, so a strip of
 // columns is transformed along the row index; the row direction goes through a transpose.
 //
-// Float32 error stays near 6e-7 of the norm at 64 points (SPEC 6 asks < 1e-5). Decode never
-// uses this: its canonical inverse is a fixed-order fold (decode.cpp).
+// Float32 error stays near 6e-7 of the norm at 64 points (SPEC 6 asks < 1e-5). Decode's
+// canonical inverse is a fixed-order fold (decode.cpp); decode runs only the unfused inverse
+// (kFused = false: every multiply and add rounded on its own), to certify signs (lee_sign.h).
 #pragma once
 
 #include <cmath>
@@ -135,8 +137,21 @@ struct LeeForward64 {
   }
 };
 
+// g + h * factor and g - h * factor: fused where the encoder may (SPEC 2 allows any rounding
+// there), two rounded operations each for the decode's certified sign.
+template <bool kFused, class V>
+inline __attribute__((always_inline)) V lee_plus(V h, V factor, V g) {
+  if constexpr (kFused) return vfma(h, factor, g);
+  else return g + h * factor;
+}
+template <bool kFused, class V>
+inline __attribute__((always_inline)) V lee_minus(V h, V factor, V g) {
+  if constexpr (kFused) return vfnma(h, factor, g);
+  else return g - h * factor;
+}
+
 // Unnormalised DCT-III in place: x[i] <- sum_k x[k] cos(pi (2i+1) k / 2N) (the transpose).
-template <class V, int N>
+template <class V, int N, bool kFused = true>
 struct LeeInverse {
   static inline __attribute__((always_inline)) void run(V* x, const float* f) {
     constexpr int H = N / 2;
@@ -147,17 +162,17 @@ struct LeeInverse {
       g[k] = x[2 * k];
       h[k] = x[2 * k + 1] + x[2 * k - 1];
     }
-    LeeInverse<V, H>::run(g, f);
-    LeeInverse<V, H>::run(h, f);
-    for (int i = 0; i < H; ++i) {  // g +- h * f, fused (encode-side rounding is free)
+    LeeInverse<V, H, kFused>::run(g, f);
+    LeeInverse<V, H, kFused>::run(h, f);
+    for (int i = 0; i < H; ++i) {  // g +- h * f
       const V factor = V{} + f[H + i];
-      x[i] = vfma(h[i], factor, g[i]);
-      x[N - 1 - i] = vfnma(h[i], factor, g[i]);
+      x[i] = lee_plus<kFused>(h[i], factor, g[i]);
+      x[N - 1 - i] = lee_minus<kFused>(h[i], factor, g[i]);
     }
   }
 };
-template <class V>
-struct LeeInverse<V, 1> {
+template <class V, bool kFused>
+struct LeeInverse<V, 1, kFused> {
   static inline void run(V*, const float*) {}
 };
 
@@ -166,7 +181,7 @@ struct LeeInverse<V, 1> {
 // 8a-7..8a+7 (pass 1, the recursion's three gathers; each iteration carries what the next
 // one shares), the 8-point inverses (pass 2), and each output octet
 // {i, 15-i, 16+i, 31-i, 32+i, 47-i, 48+i, 63-i} from element i of every subproblem (pass 3).
-template <class V>
+template <class V, bool kFused = true>
 struct LeeInverse64 {
   // in(u) yields input u; out(i, x[i]) takes each output once, in no particular order.
   template <class In, class Out>
@@ -175,7 +190,7 @@ struct LeeInverse64 {
     V carry[7];
     gather<true>(in, S, 0, carry);
     for (int a = 1; a < 8; ++a) gather<false>(in, S, a, carry);
-    for (int s = 0; s < 8; ++s) LeeInverse<V, 8>::run(S + 8 * s, f);
+    for (int s = 0; s < 8; ++s) LeeInverse<V, 8, kFused>::run(S + 8 * s, f);
     for (int i = 0; i < 8; ++i) scatter_octet(S, f, out, i);
   }
 
@@ -207,26 +222,28 @@ struct LeeInverse64 {
     carry[6] = x[7];
   }
 
-  // Level C, B and A butterflies of element i, as LeeInverse's g +- h * f (fused).
+  // Level C, B and A butterflies of element i, as LeeInverse's g +- h * f.
   template <class Out>
   static inline __attribute__((always_inline)) void scatter_octet(const V* S, const float* f, Out out, int i) {
     V y[2][4];  // per half: y[i], y[31-i], y[15-i], y[16+i]
     for (int half = 0; half < 2; ++half) {
       const V* H = S + 32 * half;
       const V c8 = V{} + f[8 + i];
-      const V yg_i = vfma(H[8 + i], c8, H[i]), yg_15 = vfnma(H[8 + i], c8, H[i]);
-      const V yh_i = vfma(H[24 + i], c8, H[16 + i]), yh_15 = vfnma(H[24 + i], c8, H[16 + i]);
+      const V yg_i = lee_plus<kFused>(H[8 + i], c8, H[i]);
+      const V yg_15 = lee_minus<kFused>(H[8 + i], c8, H[i]);
+      const V yh_i = lee_plus<kFused>(H[24 + i], c8, H[16 + i]);
+      const V yh_15 = lee_minus<kFused>(H[24 + i], c8, H[16 + i]);
       const V c16 = V{} + f[16 + i], c31 = V{} + f[31 - i];
-      y[half][0] = vfma(yh_i, c16, yg_i);
-      y[half][1] = vfnma(yh_i, c16, yg_i);
-      y[half][2] = vfma(yh_15, c31, yg_15);
-      y[half][3] = vfnma(yh_15, c31, yg_15);
+      y[half][0] = lee_plus<kFused>(yh_i, c16, yg_i);
+      y[half][1] = lee_minus<kFused>(yh_i, c16, yg_i);
+      y[half][2] = lee_plus<kFused>(yh_15, c31, yg_15);
+      y[half][3] = lee_minus<kFused>(yh_15, c31, yg_15);
     }
     const int at[4] = {i, 31 - i, 15 - i, 16 + i};
     for (int j = 0; j < 4; ++j) {
       const V factor = V{} + f[32 + at[j]];
-      out(at[j], vfma(y[1][j], factor, y[0][j]));
-      out(63 - at[j], vfnma(y[1][j], factor, y[0][j]));
+      out(at[j], lee_plus<kFused>(y[1][j], factor, y[0][j]));
+      out(63 - at[j], lee_minus<kFused>(y[1][j], factor, y[0][j]));
     }
   }
 };

@@ -50,8 +50,9 @@ struct SignWork {
   const float* part_basis[kMaxParts] = {};  // their C_m rows, part.ld floats apart
   AlignedBuffer<float> basis;         // sparse parts: their live rows' C_m rows
   AlignedBuffer<float> f;             // F of one column block
+  AlignedBuffer<float> limit;         // lee_sign.h: the chunk's bound per output row
   explicit SignWork(int cm)
-      : position(cm), empty(cm), is_empty(cm, 1), basis(cm * (cm + 8)), f(cm * 32) {}
+      : position(cm), empty(cm), is_empty(cm, 1), basis(cm * (cm + 8)), f(cm * 32), limit(cm) {}
 };
 
 template <class V>

@@ -1,7 +1,8 @@
 // LeeForward64 / LeeInverse64 (csrc/cpu/lee_dct.h) against the plain recursion they reorder,
 // LeeForward<V, 64> / LeeInverse<V, 64>: bit for bit, on random normals, signed zeros, tiny
-// (subnormal-range) and huge inputs. Built and run by tests/test_lee64.py with the kernels'
-// flags. Prints "cases N differ D nonzero Z" and exits 1 if any case differs.
+// (subnormal-range) and huge inputs; the inverse both fused (encode) and unfused (the decode's
+// certified sign, lee_sign.h). Built and run by tests/test_lee64.py with the kernels' flags.
+// Prints "cases N differ D nonzero Z" and exits 1 if any case differs.
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -34,14 +35,17 @@ int main() {
         if (kind == 4 && rng() % 3) v = 0.0f;
         x[i][l] = v;
       }
-    for (int inverse = 0; inverse < 2; ++inverse) {
+    for (int inverse = 0; inverse < 3; ++inverse) {  // 0: forward, 1: fused inverse, 2: unfused
       V plain[64], blocked[64];
       std::memcpy(plain, x, sizeof(x));
       auto in = [&](int i) { return x[i]; };
       auto out = [&](int i, V v) { blocked[i] = v; };
-      if (inverse) {
+      if (inverse == 1) {
         LeeInverse<V, 64>::run(plain, f);
         LeeInverse64<V>::run(in, f, out);
+      } else if (inverse == 2) {
+        LeeInverse<V, 64, false>::run(plain, f);
+        LeeInverse64<V, false>::run(in, f, out);
       } else {
         LeeForward<V, 64>::run(plain, f);
         LeeForward64<V>::run(in, f, out);
