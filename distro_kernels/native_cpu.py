@@ -93,22 +93,26 @@ def demo_step_(delta, grad, plan, beta, lr, k) -> tuple[torch.Tensor, torch.Tens
 
 
 def decompress_many(indices_lists, values_lists, plans, reduce="mean", value_codec="f32", sign=False,
-                    outs=None):
+                    outs=None, step=None):
     """Per tensor t, the P peers' ``indices_lists[t][p]``; one parallel pass over all tensors.
 
     ``outs``: contiguous float32 tensors of each plan's (unpadded) shape to write instead of
-    fresh ones; the kernel validates every chunk before it writes any output."""
+    fresh ones; the kernel validates every chunk before it writes any output. ``step``:
+    ``(params, keeps, steps)``, with ``outs``: :func:`decompress_many_apply_`'s step, in the
+    same pass."""
     if value_codec != "sign":
         values_lists = [[v.float().contiguous() for v in peers] for peers in values_lists]
     indices_lists = [[i.contiguous() for i in peers] for peers in indices_lists]
     if outs is None:  # reused blocks: fresh pages cost a third of a large decode (output_pool)
         outs = [output_pool.empty(plan.padded_shape) for plan in plans]
     k_effs = [peers[0].shape[1] if peers else 1 for peers in indices_lists]
+    params, keeps, steps = step if step is not None else ([], [], [])
     status, bad_tensor, bad_peer = cpu_ext.decompress_many(
         [i.data_ptr() for peers in indices_lists for i in peers],
         [v.data_ptr() for peers in values_lists for v in peers],
         1 if value_codec == "sign" else 0, [_geometry(p) for p in plans], k_effs,
         _REDUCE_CODES[reduce], bool(sign), [o.data_ptr() for o in outs], _threads(),
+        [p.data_ptr() for p in params], [float(k) for k in keeps], [float(s) for s in steps],
     )
     if status in _CONTENT_RULES:
         error = content_error(_CONTENT_RULES[status], bad_peer)
@@ -124,6 +128,15 @@ def decompress_many_into(outs, indices_lists, values_lists, plans, reduce="mean"
     """:func:`decompress_many` written into ``outs`` (checked by the op: shapes, float32,
     contiguous, not overlapping the inputs; its plans use the divisor rule, never padded)."""
     decompress_many(indices_lists, values_lists, plans, reduce, value_codec, sign, outs=outs)
+
+
+def decompress_many_apply_(outs, params, keeps, steps, indices_lists, values_lists, plans, reduce="mean",
+                           value_codec="f32", sign=True) -> None:
+    """:func:`decompress_many_into`, then ``params[t] = params[t] * keeps[t] + steps[t] *
+    outs[t]`` (each operation rounded, as :func:`apply_update_`), each run of 16 chunks right
+    after it is decoded, while its outputs are in cache (checked by the op)."""
+    decompress_many(indices_lists, values_lists, plans, reduce, value_codec, sign, outs=outs,
+                    step=(params, keeps, steps))
 
 
 def decompress(indices_list, values_list, plan, reduce="mean", value_codec="f32", sign=False):

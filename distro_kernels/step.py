@@ -153,16 +153,25 @@ class ModelStep:
     def decode(self, payloads: Mapping[int, wire.Payload], *, sign: bool = True,
                reduce: str = "mean", device: torch.device | str = "cpu",
                backend: str = "auto", clip_tau: float | None = None,
-               out: list[Tensor] | None = None) -> list[Tensor]:
+               out: list[Tensor] | None = None,
+               step: tuple[list[Tensor], list[float], list[float]] | None = None) -> list[Tensor]:
         """One update per tensor from validated payloads (ascending sender id), on ``device``;
         zeros when no payload made the step. ``clip_tau``: SPEC 4.2's robust clip of each
         peer's values per tensor (``f32``/``bf16``/``f16`` codecs; see ``robust``). ``out``:
-        float32 buffers (one per tensor) to write and return instead of fresh tensors."""
+        float32 buffers (one per tensor) to write and return instead of fresh tensors.
+        ``step``: ``(params, keeps, steps)``, with ``out``: also step each parameter by its
+        update (:func:`~distro_kernels.ops.decompress_many_apply_`)."""
         senders = sorted(payloads)
         if not senders:
-            if out is not None:
-                return [o.zero_() for o in out]
-            return [torch.zeros(s, dtype=torch.float32, device=device) for s in self.shapes]
+            if out is None:
+                return [torch.zeros(s, dtype=torch.float32, device=device) for s in self.shapes]
+            out = [o.zero_() for o in out]
+            if step is not None:
+                for p, keep, alpha, u in zip(*step, out):
+                    if keep != 1.0:
+                        p.mul_(keep)
+                    p.add_(u, alpha=alpha)
+            return out
         ordered = [payloads[p] for p in senders]
         codec = ordered[0].decompress_codec
         if any(p.decompress_codec != codec or p.layout != self.layout for p in ordered):
@@ -175,5 +184,10 @@ class ModelStep:
                 raise ValueError("clip_tau is for the f32/bf16/f16 codecs (a sign peer's weight "
                                  "is bounded already: robust.sign_mean_bound)")
             values = robust.clip_model(values, clip_tau)
+        if step is not None:
+            params, keeps, steps = step
+            return ops.decompress_many_apply_(indices, values, self.shapes, self.chunk, out=out, params=params,
+                                              keeps=keeps, steps=steps, reduce=reduce, value_codec=codec,
+                                              sign=sign, backend=backend)
         return ops.decompress_many(indices, values, self.shapes, self.chunk, reduce=reduce,
                                    value_codec=codec, sign=sign, out=out, backend=backend)

@@ -68,10 +68,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("decompress_many", [](const std::vector<uintptr_t>& indices, const std::vector<uintptr_t>& values,
                               int32_t value_codec, const std::vector<Geometry>& geoms,
                               const std::vector<int32_t>& k_effs, int32_t reduce, bool apply_sign,
-                              const std::vector<uintptr_t>& outs, int32_t threads) {
+                              const std::vector<uintptr_t>& outs, int32_t threads,
+                              const std::vector<uintptr_t>& params, const std::vector<float>& keeps,
+                              const std::vector<float>& steps) {
     const size_t n_tensors = geoms.size();
+    const bool step = !params.empty();  // dk_decompress_many_apply: params[t] stepped by outs[t]
     if (!n_tensors || k_effs.size() != n_tensors || outs.size() != n_tensors ||
-        indices.size() != values.size() || indices.size() % n_tensors)
+        indices.size() != values.size() || indices.size() % n_tensors ||
+        (step && (params.size() != n_tensors || keeps.size() != n_tensors || steps.size() != n_tensors)))
       return std::make_tuple(int(DK_ERR_ARGUMENT), -1, -1);
     std::vector<const int32_t*> index_ptrs(indices.size());
     std::vector<const void*> value_ptrs(values.size());
@@ -80,15 +84,17 @@ PYBIND11_MODULE(_C, m) {
       value_ptrs[i] = ptr<const void>(values[i]);
     }
     std::vector<dk_geometry> geometries(n_tensors);
-    std::vector<float*> out_ptrs(n_tensors);
+    std::vector<float*> out_ptrs(n_tensors), param_ptrs(params.size());
     for (size_t t = 0; t < n_tensors; ++t) {
       geometries[t] = to_geometry(geoms[t]);
       out_ptrs[t] = ptr<float>(outs[t]);
     }
+    for (size_t t = 0; t < params.size(); ++t) param_ptrs[t] = ptr<float>(params[t]);
     int32_t bad_tensor = -1, bad_peer = -1;
-    const int status = dk_decompress_many(
+    const int status = dk_decompress_many_apply(
         static_cast<int32_t>(n_tensors), static_cast<int32_t>(indices.size() / n_tensors), index_ptrs.data(),
         value_ptrs.data(), value_codec, geometries.data(), k_effs.data(), reduce, apply_sign, out_ptrs.data(),
+        step ? param_ptrs.data() : nullptr, step ? keeps.data() : nullptr, step ? steps.data() : nullptr,
         threads, &bad_tensor, &bad_peer);
     return std::make_tuple(status, static_cast<int>(bad_tensor), static_cast<int>(bad_peer));
   }, no_gil);

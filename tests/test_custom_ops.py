@@ -13,8 +13,9 @@ from conftest import BACKENDS, assert_same_bits, randn
 from distro_kernels import dispatch
 
 ops = torch.ops.distro_kernels
-OP_NAMES = ["dct", "idct", "compress", "decompress", "decompress_many", "decompress_many_into_", "demo_step_",
-            "demo_step_many_", "demo_step_coeffs_many_", "pack_signs", "unpack_signs"]
+OP_NAMES = ["dct", "idct", "compress", "decompress", "decompress_many", "decompress_many_into_",
+            "decompress_many_apply_", "demo_step_", "demo_step_many_", "demo_step_coeffs_many_", "pack_signs",
+            "unpack_signs"]
 
 
 def test_every_op_is_registered():
@@ -55,6 +56,11 @@ def _samples(backend):
     out.append((ops.decompress_many_into_.default,
                 ([torch.empty(6, 10), torch.empty(7)], [i, i2, j, j], [v, v2, w, -w], [6, 10, 7],
                  [2, 1], 4, "mean", "f32", True)))
+    for sign, keeps in ((True, [0.99, 1.0]), (False, [1.0, 0.5])):
+        out.append((ops.decompress_many_apply_.default,
+                    ([torch.empty(6, 10), torch.empty(7)], [torch.randn(6, 10, generator=g), torch.randn(7, generator=g)],
+                     [i, i2, j, j], [v, v2, w, -w], [6, 10, 7], [2, 1], 4, "mean", "f32", sign, keeps,
+                     [-0.01, -0.25])))
     out.append((ops.pack_signs.default, (v,)))
     out.append((ops.pack_signs.default, (torch.randn(13, generator=g),)))
     out.append((ops.unpack_signs.default, (dk.pack_signs(v), v.numel())))

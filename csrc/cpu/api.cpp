@@ -150,13 +150,23 @@ int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const*
                        const void* const* values, int32_t value_codec, const dk_geometry* geoms,
                        const int32_t* k_effs, int32_t reduce, int32_t apply_sign, float* const* outs,
                        int32_t threads, int32_t* bad_tensor, int32_t* bad_peer) {
+  return dk_decompress_many_apply(n_tensors, n_peers, indices, values, value_codec, geoms, k_effs, reduce,
+                                  apply_sign, outs, nullptr, nullptr, nullptr, threads, bad_tensor, bad_peer);
+}
+
+int dk_decompress_many_apply(int32_t n_tensors, int32_t n_peers, const int32_t* const* indices,
+                             const void* const* values, int32_t value_codec, const dk_geometry* geoms,
+                             const int32_t* k_effs, int32_t reduce, int32_t apply_sign, float* const* outs,
+                             float* const* params, const float* keeps, const float* steps, int32_t threads,
+                             int32_t* bad_tensor, int32_t* bad_peer) {
+  if (params && (!keeps || !steps)) return DK_ERR_ARGUMENT;
   if (n_tensors < 1 || n_peers < 0 || !geoms || !k_effs || !outs) return DK_ERR_ARGUMENT;
   if (n_peers && (!indices || !values)) return DK_ERR_ARGUMENT;
   if (value_codec != DK_VALUES_F32 && value_codec != DK_VALUES_SIGN) return DK_ERR_ARGUMENT;
   if (reduce != DK_REDUCE_MEAN && reduce != DK_REDUCE_SUM_OVER_PEERS) return DK_ERR_ARGUMENT;
   std::vector<int32_t> k_used(n_tensors);
   for (int t = 0; t < n_tensors; ++t) {
-    if (!dk::geometry_ok(&geoms[t]) || !outs[t]) return DK_ERR_ARGUMENT;
+    if (!dk::geometry_ok(&geoms[t]) || !outs[t] || (params && !params[t])) return DK_ERR_ARGUMENT;
     const int E = geoms[t].cm * geoms[t].cn;
     if (n_peers && (k_effs[t] < 1 || k_effs[t] > E)) return DK_ERR_ARGUMENT;
     k_used[t] = n_peers ? k_effs[t] : 1;
@@ -166,7 +176,7 @@ int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const*
   for (int t = 0; t < n_tensors; ++t) advise_huge_pages(outs[t], output_bytes(geoms[t]));
   int32_t ignored_tensor = -1, ignored_peer = -1;
   return DK_DISPATCH(decompress, n_tensors, n_peers, indices, values, value_codec, geoms, k_used.data(),
-                     reduce, apply_sign, outs, threads_or_default(threads),
+                     reduce, apply_sign, outs, params, keeps, steps, threads_or_default(threads),
                      bad_tensor ? bad_tensor : &ignored_tensor, bad_peer ? bad_peer : &ignored_peer);
 }
 

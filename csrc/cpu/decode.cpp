@@ -40,6 +40,7 @@ struct Scratch {
   AlignedBuffer<float> term_a;    //   S, then A[u, v] (collect_terms),
   std::vector<int32_t> term_n;    //   and n
   SignWork sign;                  // the certified sign's (sign_fold.h)
+  std::vector<std::pair<int, int64_t>> decoded;  // (tensor, chunk) of the run so far, for the step
   Scratch(int cm, int ldn)
       : words((ldn + 63) / 64), partial(cm * ldn), basis(cm * ((cm + 7) / 8 * 8)),
         marks(cm * words), word_rank(cm * words + 1), rows(cm), row_begin(cm + 1),
@@ -224,6 +225,21 @@ void inverse_to(const ChunkBases& b, Scratch& s, int n_rows, OutputSink sink) {
   if (sink.streaming) stream_fence();
 }
 
+// The optimizer's step over decoded outputs u while they are still in cache, each operation
+// rounded as dk_apply_update does: p = p * keep + step * u (keep == 1: p + step * u). `width`
+// columns of cm rows from site (several chunks of one chunk row at once).
+void apply_rows(const ChunkSite& site, int cm, int64_t width, const float* u, float* p, float keep,
+                float step) {
+  for (int i = 0; i < cm; ++i) {
+    const float* __restrict from = u + site.offset + i * site.stride;
+    float* __restrict to = p + site.offset + i * site.stride;
+    if (keep == 1.0f)
+      for (int64_t j = 0; j < width; ++j) to[j] = to[j] + step * from[j];
+    else
+      for (int64_t j = 0; j < width; ++j) to[j] = to[j] * keep + step * from[j];
+  }
+}
+
 OutputSink sink_for(const ChunkBases& b, const ChunkSite& site, float* out, bool apply_sign,
                     bool streaming) {
   return OutputSink{out + site.offset, site.stride, b.cn, apply_sign, streaming};
@@ -261,7 +277,8 @@ int idct(const float* coeffs, const dk_geometry& g, float* x, int threads) {
 int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
                const void* const* values, int value_codec, const dk_geometry* geoms,
                const int32_t* k_effs, int reduce, int apply_sign, float* const* outs,
-               int threads, int32_t* bad_tensor, int32_t* bad_peer) {
+               float* const* params, const float* keeps, const float* steps, int threads,
+               int32_t* bad_tensor, int32_t* bad_peer) {
   // Per-tensor tables: bases (process-wide cache) and the e -> (u << 16 | v) map.
   std::map<std::pair<int, int>, std::vector<int32_t>> position_cache;
   std::vector<const ChunkBases*> bases(n_tensors);
@@ -283,7 +300,8 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
     max_ldn = std::max(max_ldn, bases[t]->ldn);
     out_bytes += n_chunks(g) * g.cm * g.cn * 4;
   }
-  const bool streaming = out_bytes >= kStreamingBytes;
+  // (not when the step reads the outputs right back)
+  const bool streaming = out_bytes >= kStreamingBytes && !params;
   const float peers = static_cast<float>(n_peers);
   const bool sign_codec = value_codec == DK_VALUES_SIGN;
   // Validation is a pass of its own, before any output is written: a call that fails leaves
@@ -369,6 +387,22 @@ int decompress(int n_tensors, int n_peers, const int32_t* const* indices,
       n_rows = is_wide ? collect_terms(b, s, picks_of(floats, wide), finish)
                        : collect_terms(b, s, picks_of(floats, general), finish);
     inverse_to(b, s, n_rows, sink_for(b, chunk_site(g, c), outs[t], apply_sign != 0, streaming));
+    if (!params) return;
+    // The step runs once per run of chunks (parallel.h), over each chunk row's part of it at
+    // once: rows of 16 chunks are 4 KiB runs of p, which the hardware prefetcher follows. Per
+    // chunk, p's 64 rows 16 KiB apart were read at DRAM latency: slower than a separate pass.
+    s.decoded.emplace_back(t, c);
+    if ((global + 1) % kChunkRun != 0 && global + 1 != first_chunk[n_tensors]) return;
+    for (size_t a = 0, e; a < s.decoded.size(); a = e) {
+      const int ta = s.decoded[a].first;
+      const dk_geometry& ga = geoms[ta];
+      for (e = a + 1; e < s.decoded.size() && s.decoded[e].first == ta &&
+                      s.decoded[e].second % ga.chunks_n != 0; ++e) {
+      }
+      apply_rows(chunk_site(ga, s.decoded[a].second), ga.cm, static_cast<int64_t>(e - a) * ga.cn, outs[ta],
+                 params[ta], keeps[ta], steps[ta]);
+    }
+    s.decoded.clear();
   });
 }
 

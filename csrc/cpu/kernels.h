@@ -23,7 +23,8 @@
   int decompress(int n_tensors, int n_peers, const int32_t* const* indices,                     \
                  const void* const* values, int value_codec, const dk_geometry* geoms,           \
                  const int32_t* k_effs, int reduce, int apply_sign, float* const* outs,          \
-                 int threads, int32_t* bad_tensor, int32_t* bad_peer);                           \
+                 float* const* params, const float* keeps, const float* steps, int threads,      \
+                 int32_t* bad_tensor, int32_t* bad_peer);                                        \
   }                                                                                              \
   }
 

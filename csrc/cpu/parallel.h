@@ -33,10 +33,13 @@ void run_on_threads(int threads, Fn& fn) {
 // one thread runs it all (waking threads costs more than it saves); chunks are handed out in
 // runs of 16 from a shared counter, so a preempted thread does not stall the pass. Returns
 // DK_OK, or DK_ERR_ALLOC if a thread could not get its scratch (its chunks are then skipped).
+// Chunks per run: a run is [16 r, 16 r + 16) (clipped to total), handed to one thread.
+constexpr int64_t kChunkRun = 16;
+
 template <typename MakeScratch, typename Body>
 int for_each_chunk(int64_t total, int64_t elements_per_chunk, int threads, MakeScratch make_scratch,
                    Body body) {
-  constexpr int64_t kRun = 16;
+  constexpr int64_t kRun = kChunkRun;
   if (total * elements_per_chunk < 65536) threads = 1;
   threads = static_cast<int>(std::min<int64_t>(threads, (total + kRun - 1) / kRun));
   std::atomic<int64_t> next{0};

@@ -79,6 +79,17 @@ int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const*
                        const int32_t* k_effs, int32_t reduce, int32_t apply_sign, float* const* outs,
                        int32_t threads, int32_t* bad_tensor, int32_t* bad_peer);
 
+/* dk_decompress_many, then the optimizer's step on each tensor t while its decoded chunks
+ * are in cache: params[t] = params[t] * keeps[t] + steps[t] * outs[t], each operation
+ * rounded (keeps[t] == 1: params[t] + steps[t] * outs[t]), as dk_apply_update computes it.
+ * params[t] has outs[t]'s layout and overlaps no other buffer. On a content error nothing
+ * is written, params included. */
+int dk_decompress_many_apply(int32_t n_tensors, int32_t n_peers, const int32_t* const* indices,
+                             const void* const* values, int32_t value_codec, const dk_geometry* geoms,
+                             const int32_t* k_effs, int32_t reduce, int32_t apply_sign, float* const* outs,
+                             float* const* params, const float* keeps, const float* steps, int32_t threads,
+                             int32_t* bad_tensor, int32_t* bad_peer);
+
 /* Sign bits, LSB-first: value i is bit i % 8 of byte i / 8; bit = signbit. */
 int dk_pack_signs(const float* values, int64_t n, uint8_t* out, int32_t threads);
 int dk_unpack_signs(const uint8_t* packed, int64_t n, float* out, int32_t threads);

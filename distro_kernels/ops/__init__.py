@@ -7,6 +7,7 @@ from .api import (
     dct,
     decompress,
     decompress_many,
+    decompress_many_apply_,
     demo_step_,
     demo_step_coeffs_many_,
     demo_step_many_,
@@ -18,6 +19,7 @@ from .api import (
 from .arguments import split_flat
 
 __all__ = [
-    "compress", "dct", "decompress", "decompress_many", "demo_step_", "demo_step_coeffs_many_", "demo_step_many_",
-    "demo_step_many_flat_", "idct", "pack_signs", "split_flat", "unpack_signs",
+    "compress", "dct", "decompress", "decompress_many", "decompress_many_apply_", "demo_step_",
+    "demo_step_coeffs_many_", "demo_step_many_", "demo_step_many_flat_", "idct", "pack_signs",
+    "split_flat", "unpack_signs",
 ]

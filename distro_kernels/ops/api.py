@@ -130,6 +130,29 @@ def decompress_many(
     return out
 
 
+def decompress_many_apply_(
+    indices_per_tensor: Sequence[Sequence[Tensor]], values_per_tensor: Sequence[Sequence[Tensor]],
+    shapes: Sequence[Sequence[int]], chunk: int = 64, *, out: Sequence[Tensor],
+    params: Sequence[Tensor], keeps: Sequence[float], steps: Sequence[float], reduce: str = "mean",
+    value_codec: str = "f32", sign: bool = True, backend: str = "auto",
+) -> list[Tensor]:
+    """:func:`decompress_many` into ``out``, then the optimizer's step on each tensor:
+    ``params[t] = params[t] * keeps[t] + steps[t] * out[t]`` (``keeps[t] == 1``: no multiply),
+    each operation rounded in float32, which for sign updates is bit for bit torch's
+    ``p.mul_(keep); p.add_(u, alpha=step)``. With ``sign=True`` the cpu backend runs the step in
+    the decode's pass, each run of chunks right after it is decoded (its outputs still cached);
+    otherwise, and on other backends, it decodes, then runs those torch ops. On any error
+    neither ``out`` nor ``params`` has changed. Returns ``out``."""
+    indices, values, shapes_flat, ndims = flatten_model(indices_per_tensor, values_per_tensor, shapes)
+    out, params = list(out), list(params)
+    for t, (o, p) in enumerate(zip(out, params)):
+        require_tensor(f"out[{t}]", o)
+        require_tensor(f"params[{t}]", p)
+    _run(backend, op.decompress_many_apply_, out, params, indices, values, shapes_flat, ndims, chunk,
+         reduce, value_codec, sign, [float(k) for k in keeps], [float(s) for s in steps])
+    return out
+
+
 def pack_signs(values: Tensor, *, backend: str = "auto") -> Tensor:
     """1 bit per value (bit = signbit), LSB-first, flattened row-major -> uint8."""
     check_float("values", values)  # the raw op also takes integers; the public function does not

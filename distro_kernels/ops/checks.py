@@ -164,6 +164,28 @@ def decode_outputs(outs: Sequence[Tensor], plans: Sequence[ChunkPlan], inputs: S
                          [(f"input {i}", x) for i, x in enumerate(inputs)])
 
 
+def step_params(params: Sequence[Tensor], keeps: Sequence[float], steps: Sequence[float],
+                outs: Sequence[Tensor], inputs: Sequence[Tensor], memory: bool = True) -> None:
+    """``params`` of ``decompress_many_apply_``: one float32, contiguous tensor of each
+    ``outs[t]``'s shape and device, a keep and a step each, none sharing memory with another,
+    an output or an input."""
+    if not len(params) == len(keeps) == len(steps) == len(outs):
+        raise ValueError(f"{len(params)} params, {len(keeps)} keeps and {len(steps)} steps for "
+                         f"{len(outs)} decoded tensors")
+    for t, (p, out) in enumerate(zip(params, outs)):
+        if not isinstance(p, torch.Tensor) or p.dtype != torch.float32:
+            raise TypeError(f"params[{t}] must be a float32 tensor")
+        if tuple(p.shape) != tuple(out.shape):
+            raise ValueError(f"params[{t}] has shape {tuple(p.shape)}, outs[{t}] {tuple(out.shape)}")
+        if not p.is_contiguous():
+            raise ValueError(f"params[{t}] must be contiguous (it is written in place)")
+    check_one_device("decompress_many_apply_", [*params, *outs])
+    if memory:
+        check_no_overlap([(f"params[{t}]", p) for t, p in enumerate(params)],
+                         [*((f"outs[{t}]", o) for t, o in enumerate(outs)),
+                          *((f"input {i}", x) for i, x in enumerate(inputs))])
+
+
 def unpack_signs(packed: Tensor, n: int) -> None:
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed must be uint8, got {packed.dtype}")

@@ -181,22 +181,29 @@ def _(indices, values, shapes_flat, ndims, chunk, reduce, value_codec, sign):
     return [torch.empty(plan.shape, dtype=torch.float32, device=device) for plan in plans]
 
 
-def _decompress_many_into_(outs: list[Tensor], indices: list[Tensor], values: list[Tensor],
-                           shapes_flat: list[int], ndims: list[int], chunk: int, reduce: str,
-                           value_codec: str, sign: bool) -> None:
-    indices_lists, values_lists, plans = checks.decompress_many(
-        indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
-    checks.decode_outputs(outs, plans, [*indices, *values])
-    module = dispatch.select(outs[0].device)
-    args = ([dense(peers) for peers in indices_lists],
+def _decode_args(indices_lists, values_lists, plans, reduce, value_codec, sign):
+    return ([dense(peers) for peers in indices_lists],
             [codec_values(peers, value_codec) for peers in values_lists], plans, reduce,
             value_codec, sign)
+
+
+def _decode_into(module, outs, args) -> None:
     into = getattr(module, "decompress_many_into", None)
     if into is not None:  # writes outs directly, after validating every input
         into(outs, *args)
         return
     for out, result in zip(outs, module.decompress_many(*args)):  # fails before any copy
         out.copy_(result)
+
+
+def _decompress_many_into_(outs: list[Tensor], indices: list[Tensor], values: list[Tensor],
+                           shapes_flat: list[int], ndims: list[int], chunk: int, reduce: str,
+                           value_codec: str, sign: bool) -> None:
+    indices_lists, values_lists, plans = checks.decompress_many(
+        indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
+    checks.decode_outputs(outs, plans, [*indices, *values])
+    _decode_into(dispatch.select(outs[0].device), outs,
+                 _decode_args(indices_lists, values_lists, plans, reduce, value_codec, sign))
 
 
 decompress_many_into_ = _define(_decompress_many_into_, mutates_args=("outs",))
@@ -206,6 +213,37 @@ decompress_many_into_ = _define(_decompress_many_into_, mutates_args=("outs",))
 def _(outs, indices, values, shapes_flat, ndims, chunk, reduce, value_codec, sign):
     _, _, plans = checks.decompress_many(indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
     checks.decode_outputs(outs, plans, [*indices, *values], memory=False)
+
+
+def _decompress_many_apply_(outs: list[Tensor], params: list[Tensor], indices: list[Tensor],
+                            values: list[Tensor], shapes_flat: list[int], ndims: list[int], chunk: int,
+                            reduce: str, value_codec: str, sign: bool, keeps: list[float],
+                            steps: list[float]) -> None:
+    indices_lists, values_lists, plans = checks.decompress_many(
+        indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
+    checks.decode_outputs(outs, plans, [*indices, *values])
+    checks.step_params(params, keeps, steps, outs, [*indices, *values])
+    module = dispatch.select(outs[0].device)
+    args = _decode_args(indices_lists, values_lists, plans, reduce, value_codec, sign)
+    fused = getattr(module, "decompress_many_apply_", None)
+    if fused is not None and sign:  # the step in the decode's pass, after every input is validated
+        fused(outs, params, keeps, steps, *args)  # (signs: the torch ops' bits, see api)
+        return
+    _decode_into(module, outs, args)
+    for p, update, keep, step in zip(params, outs, keeps, steps):
+        if keep != 1.0:
+            p.mul_(keep)
+        p.add_(update, alpha=step)
+
+
+decompress_many_apply_ = _define(_decompress_many_apply_, mutates_args=("outs", "params"))
+
+
+@decompress_many_apply_.register_fake
+def _(outs, params, indices, values, shapes_flat, ndims, chunk, reduce, value_codec, sign, keeps, steps):
+    _, _, plans = checks.decompress_many(indices, values, shapes_flat, ndims, chunk, reduce, value_codec)
+    checks.decode_outputs(outs, plans, [*indices, *values], memory=False)
+    checks.step_params(params, keeps, steps, outs, [*indices, *values], memory=False)
 
 
 # ----------------------------------------------------------------------------- signs
@@ -238,4 +276,4 @@ def _(packed, n):
 
 
 ALL_OPS = (dct, idct, compress, demo_step_, demo_step_many_, demo_step_coeffs_many_, decompress,
-           decompress_many, decompress_many_into_, pack_signs, unpack_signs)
+           decompress_many, decompress_many_into_, decompress_many_apply_, pack_signs, unpack_signs)

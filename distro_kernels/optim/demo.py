@@ -375,10 +375,14 @@ class DeMo(torch.optim.Optimizer):
                             bytes_received=parsed.bytes_received, peers=list(parsed.peers),
                             left_out=dict(sorted(parsed.left_out.items())))
         device = self._params[0].device
+        out = self._update_buffers(device)
+        step = self._fused_step(out)
         updates = self._model.decode(parsed.payloads, sign=self.sign, device=device,
-                                     backend=self.backend, clip_tau=self.clip_tau,
-                                     out=self._update_buffers(device))
+                                     backend=self.backend, clip_tau=self.clip_tau, out=out, step=step)
         self._sent = None
+        if step is not None:  # the decode stepped every parameter
+            self._step += 1
+            return self._finish(report)
         t = 0
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
@@ -398,11 +402,40 @@ class DeMo(torch.optim.Optimizer):
                 p.add_(p.grad, alpha=-lr)
 
         self._step += 1
+        return self._finish(report)
+
+    def _finish(self, report: StepReport) -> StepReport:
         self.last_report = report
         self.data_transmit, self.data_receive = report.bytes_sent, report.bytes_received
         self.total_bytes_sent += report.bytes_sent
         self.total_bytes_received += report.bytes_received
         return report
+
+    def _fused_step(self, out) -> tuple[list[Tensor], list[float], list[float]] | None:
+        """The sign-SGD step for the decode to run in its own pass (``ops.decompress_many_apply_``:
+        on CPU each run of chunks right after it is decoded, while the update is in cache), as
+        ``(params, keeps, steps)``; ``None`` where the loop below applies it instead: no sign
+        update, updates not decoded into the gradients, or a parameter that is not a float32,
+        contiguous tensor apart from every gradient. The bits are the same either way."""
+        if not self.sign or out is None:
+            return None
+        params, keeps, steps = [], [], []
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if not p.requires_grad:
+                    continue
+                if p.dtype != torch.float32 or not p.is_contiguous():
+                    return None
+                params.append(p)
+                keeps.append(1.0 - lr * wd if wd != 0.0 else 1.0)
+                steps.append(-lr)
+        try:
+            check_no_overlap([(f"param {t}", p) for t, p in enumerate(params)],
+                             [(f"grad {t}", g) for t, g in enumerate(out)])
+        except ValueError:
+            return None
+        return params, keeps, steps
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
