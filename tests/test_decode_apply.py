@@ -11,18 +11,9 @@ import torch
 
 import distro_kernels as dk
 from conftest import ODD_SHAPES, assert_same_bits, randn, seed_of
+from test_decode_into import _payloads
 
-K = 5
 CHUNK = 16
-
-
-def _payloads(shape, peers, seed, codec="f32", chunk=CHUNK, k=K):
-    indices, values = [], []
-    for p in range(peers):
-        i, v = dk.compress(randn(shape, seed_of(seed, p)), k, chunk, backend="reference")
-        indices.append(i)
-        values.append(dk.pack_signs(v) if codec == "sign" else v)
-    return indices, values
 
 
 def _expected(indices, values, shapes, chunk, params, keeps, steps, codec, sign):

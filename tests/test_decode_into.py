@@ -14,12 +14,12 @@ K = 5
 CHUNK = 16
 
 
-def _payloads(shape, peers, seed, codec="f32"):
+def _payloads(shape, peers, seed, codec="f32", chunk=CHUNK, k=K):
     """``peers`` payloads of one tensor (compressed by the reference, so every backend decodes
     the same inputs)."""
     indices, values = [], []
     for p in range(peers):
-        i, v = dk.compress(randn(shape, seed_of(seed, p)), K, CHUNK, backend="reference")
+        i, v = dk.compress(randn(shape, seed_of(seed, p)), k, chunk, backend="reference")
         indices.append(i)
         values.append(dk.pack_signs(v) if codec == "sign" else v)
     return indices, values

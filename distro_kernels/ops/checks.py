@@ -145,19 +145,24 @@ def decompress_many(indices, values, shapes_flat, ndims, chunk, reduce, value_co
     return indices_lists, values_lists, plans
 
 
+def _written_in_place(name: str, tensors: Sequence[Tensor], shapes, whose: str) -> None:
+    """Each ``tensors[t]`` a float32, contiguous tensor of ``shapes[t]`` (an op writes it)."""
+    for t, (x, shape) in enumerate(zip(tensors, shapes)):
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
+            raise TypeError(f"{name}[{t}] must be a float32 tensor")
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(f"{name}[{t}] has shape {tuple(x.shape)}, {whose} {tuple(shape)}")
+        if not x.is_contiguous():
+            raise ValueError(f"{name}[{t}] must be contiguous (it is written in place)")
+
+
 def decode_outputs(outs: Sequence[Tensor], plans: Sequence[ChunkPlan], inputs: Sequence[Tensor],
                    memory: bool = True) -> None:
     """``outs`` of ``decompress_many_into_``: one float32, contiguous tensor of each tensor's
     shape, on the inputs' device, none sharing memory with another or with an input."""
     if len(outs) != len(plans):
         raise ValueError(f"outs has {len(outs)} tensors for {len(plans)} decoded tensors")
-    for t, (out, plan) in enumerate(zip(outs, plans)):
-        if not isinstance(out, torch.Tensor) or out.dtype != torch.float32:
-            raise TypeError(f"outs[{t}] must be a float32 tensor")
-        if tuple(out.shape) != tuple(plan.shape):
-            raise ValueError(f"outs[{t}] has shape {tuple(out.shape)}, the decode gives {tuple(plan.shape)}")
-        if not out.is_contiguous():
-            raise ValueError(f"outs[{t}] must be contiguous (it is written in place)")
+    _written_in_place("outs", outs, [plan.shape for plan in plans], "the decode gives")
     check_one_device("decompress_many_into_", [*outs, *inputs])
     if memory:
         check_no_overlap([(f"outs[{t}]", o) for t, o in enumerate(outs)],
@@ -172,13 +177,7 @@ def step_params(params: Sequence[Tensor], keeps: Sequence[float], steps: Sequenc
     if not len(params) == len(keeps) == len(steps) == len(outs):
         raise ValueError(f"{len(params)} params, {len(keeps)} keeps and {len(steps)} steps for "
                          f"{len(outs)} decoded tensors")
-    for t, (p, out) in enumerate(zip(params, outs)):
-        if not isinstance(p, torch.Tensor) or p.dtype != torch.float32:
-            raise TypeError(f"params[{t}] must be a float32 tensor")
-        if tuple(p.shape) != tuple(out.shape):
-            raise ValueError(f"params[{t}] has shape {tuple(p.shape)}, outs[{t}] {tuple(out.shape)}")
-        if not p.is_contiguous():
-            raise ValueError(f"params[{t}] must be contiguous (it is written in place)")
+    _written_in_place("params", params, [out.shape for out in outs], "outs has")
     check_one_device("decompress_many_apply_", [*params, *outs])
     if memory:
         check_no_overlap([(f"params[{t}]", p) for t, p in enumerate(params)],
