@@ -83,7 +83,7 @@ int dk_decompress_many(int32_t n_tensors, int32_t n_peers, const int32_t* const*
  * are in cache: params[t] = params[t] * keeps[t] + steps[t] * outs[t], each operation
  * rounded (keeps[t] == 1: params[t] + steps[t] * outs[t]), as dk_apply_update computes it.
  * params[t] has outs[t]'s layout and overlaps no other buffer. On a content error nothing
- * is written, params included. */
+ * is written, params included; on DK_ERR_ALLOC (a thread's scratch), some chunks may be. */
 int dk_decompress_many_apply(int32_t n_tensors, int32_t n_peers, const int32_t* const* indices,
                              const void* const* values, int32_t value_codec, const dk_geometry* geoms,
                              const int32_t* k_effs, int32_t reduce, int32_t apply_sign, float* const* outs,

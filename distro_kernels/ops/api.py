@@ -141,8 +141,9 @@ def decompress_many_apply_(
     each operation rounded in float32, which for sign updates is bit for bit torch's
     ``p.mul_(keep); p.add_(u, alpha=step)``. With ``sign=True`` the cpu backend runs the step in
     the decode's pass, each run of chunks right after it is decoded (its outputs still cached);
-    otherwise, and on other backends, it decodes, then runs those torch ops. On any error
-    neither ``out`` nor ``params`` has changed. Returns ``out``."""
+    otherwise, and on other backends, it decodes, then runs those torch ops. When an argument
+    or payload is refused, neither ``out`` nor ``params`` has changed (a ``MemoryError`` from
+    the kernel's per-thread scratch can leave some chunks done). Returns ``out``."""
     indices, values, shapes_flat, ndims = flatten_model(indices_per_tensor, values_per_tensor, shapes)
     out, params = list(out), list(params)
     for t, (o, p) in enumerate(zip(out, params)):
