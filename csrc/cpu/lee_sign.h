@@ -18,8 +18,8 @@
 //
 // Cost: ~700 vector operations per 8-lane strip against ~1400 multiplies and as many adds of
 // the even/odd recursion (sign_fold.h), which remains for the other even sides. The looser
-// bound sends more outputs to the exact refold (an estimate from float64 sums on 8 random
-// peers at 4096x4096: 0.8% of the vectors, against 0.2%).
+// bound sends more outputs to the exact refold (estimated from float64 sums on 300 random
+// chunks of 8 peers x 32 picks: 0.8% of the vectors, against 0.2%).
 // No FMA here (tests/test_cpu_nofma.py checks decode.cpp's objects).
 #pragma once
 

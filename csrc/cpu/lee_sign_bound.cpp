@@ -16,56 +16,86 @@
 namespace dk {
 namespace {
 
-struct Track {
-  bool constant = true;  // V{} and V{} + f: a broadcast constant, no rounding
+// A node of the program: a broadcast constant (V{} + f, no rounding) or a rounded operation.
+struct Node {
+  bool constant = true;
   double value = 0.0;
   int depth = 0;
   std::vector<double> coef, abs;
-
-  static Track input(int n, int u) {
-    Track t;
-    t.constant = false;
-    t.coef.assign(n, 0.0);
-    t.abs.assign(n, 0.0);
-    t.coef[u] = t.abs[u] = 1.0;
-    return t;
-  }
-  Track operator+(float c) const {  // only ever V{} + f[...]
-    Track t = *this;
-    t.value += c;
-    return t;
-  }
-  Track combine(const Track& o, double sign) const {  // one rounded add or subtract
-    Track t = *this;
-    for (size_t u = 0; u < coef.size(); ++u) {
-      t.coef[u] += sign * o.coef[u];
-      t.abs[u] += o.abs[u];
-    }
-    t.depth = std::max(depth, o.depth) + 1;
-    return t;
-  }
-  Track operator+(const Track& o) const { return combine(o, 1.0); }
-  Track operator-(const Track& o) const { return combine(o, -1.0); }
-  Track operator*(const Track& o) const {  // one rounded multiply by a constant
-    const Track& x = constant ? o : *this;
-    const double c = constant ? value : o.value;
-    Track t = x;
-    for (size_t u = 0; u < t.coef.size(); ++u) {
-      t.coef[u] *= c;
-      t.abs[u] *= std::fabs(c);
-    }
-    t.depth = x.depth + 1;
-    return t;
-  }
 };
 
+// The nodes of the program being traced (chunk_bases builds one ChunkBases at a time).
+thread_local std::vector<Node>* g_nodes = nullptr;
+
+// The traced value: a node's index (-1: V{}, the constant 0). A plain int on purpose:
+// LeeInverse's run() is always_inline, and with a Track holding the vectors itself, every copy
+// and operation inlined into it made this file take GCC 16 s at -O3 and Clang over a minute.
+struct Track {
+  int id = -1;
+};
+
+__attribute__((noinline)) Track add_node(Node node) {
+  g_nodes->push_back(std::move(node));
+  return Track{static_cast<int>(g_nodes->size()) - 1};
+}
+
+__attribute__((noinline)) Node node_of(Track t) { return t.id < 0 ? Node{} : (*g_nodes)[t.id]; }
+
+__attribute__((noinline)) Track input(int n, int u) {
+  Node node;
+  node.constant = false;
+  node.coef.assign(n, 0.0);
+  node.abs.assign(n, 0.0);
+  node.coef[u] = node.abs[u] = 1.0;
+  return add_node(std::move(node));
+}
+
+__attribute__((noinline)) Track operator+(Track t, float c) {  // only ever V{} + f[...]
+  Node node = node_of(t);
+  node.value += c;
+  return add_node(std::move(node));
+}
+
+__attribute__((noinline)) Track combine(Track a, Track b, double sign) {  // one rounded add or subtract
+  Node node = node_of(a);
+  const Node& o = (*g_nodes)[b.id];
+  for (size_t u = 0; u < node.coef.size(); ++u) {
+    node.coef[u] += sign * o.coef[u];
+    node.abs[u] += o.abs[u];
+  }
+  node.depth = std::max(node.depth, o.depth) + 1;
+  return add_node(std::move(node));
+}
+
+Track operator+(Track a, Track b) { return combine(a, b, 1.0); }
+Track operator-(Track a, Track b) { return combine(a, b, -1.0); }
+
+__attribute__((noinline)) Track operator*(Track a, Track b) {  // one rounded multiply by a constant
+  const Node& first = (*g_nodes)[a.id];
+  const Track x = first.constant ? b : a;
+  const double c = first.constant ? first.value : (*g_nodes)[b.id].value;
+  Node node = node_of(x);
+  for (size_t u = 0; u < node.coef.size(); ++u) {
+    node.coef[u] *= c;
+    node.abs[u] *= std::fabs(c);
+  }
+  node.depth += 1;
+  return add_node(std::move(node));
+}
+
+// The outputs' nodes of the unfused inverse with input row 0 times row0_scale.
 template <int N>
-std::vector<Track> lee_program(float row0_scale) {
-  std::vector<Track> x(N);
-  for (int u = 0; u < N; ++u) x[u] = Track::input(N, u);
+std::vector<Node> lee_program(float row0_scale) {
+  std::vector<Node> nodes;
+  g_nodes = &nodes;
+  Track x[N];
+  for (int u = 0; u < N; ++u) x[u] = input(N, u);
   x[0] = x[0] * (Track{} + row0_scale);
-  LeeInverse<Track, N, false>::run(x.data(), lee_factors());
-  return x;
+  LeeInverse<Track, N, false>::run(x, lee_factors());
+  std::vector<Node> outputs;
+  for (int i = 0; i < N; ++i) outputs.push_back(nodes[x[i].id]);
+  g_nodes = nullptr;
+  return outputs;
 }
 
 }  // namespace
@@ -75,7 +105,7 @@ float lee_row0_scale() { return static_cast<float>(std::sqrt(0.5)); }
 std::vector<float> lee_sign_bounds(int cm, int cn, const std::vector<float>& bm,
                                    const std::vector<float>& bn) {
   if (!lee_side(cm)) return {};
-  const std::vector<Track> y = cm == 16 ? lee_program<16>(lee_row0_scale())
+  const std::vector<Node> y = cm == 16 ? lee_program<16>(lee_row0_scale())
                                : cm == 32 ? lee_program<32>(lee_row0_scale())
                                           : lee_program<64>(lee_row0_scale());
   const double u = std::ldexp(1.0, -24);
