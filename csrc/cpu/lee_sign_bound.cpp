@@ -1,8 +1,8 @@
 // The rounding-error bound of the decode's Lee certified sign (lee_sign.h states the argument).
 //
 // The unfused LeeInverse is a straight-line program of adds, subtracts and multiplies by
-// float32 constants. Run here once per chunk side on a type that carries, for every node, its
-// exact linear form in the inputs (coef), the same form with every constant and sign made
+// float32 constants. It is traced here once per chunk side, node by node; every node carries
+// its exact linear form in the inputs (coef), the same form with every constant and sign made
 // positive (abs: the sum over paths of |product of constants|, Higham 3.5) and the most
 // roundings on any path to it (depth). Float64 computes both forms to ~1e-16 of abs, far below
 // the 2^-24-sized quantities they bound; the factor 2 in the bound covers that.
