@@ -1,8 +1,9 @@
 """The bound of the decode's Lee certified sign (``csrc/cpu/lee_sign_bound.cpp``, argued in
 ``csrc/cpu/lee_sign.h``) against measured errors: ``tests/cpp/lee_sign_check.cpp`` runs the
-unfused fast inverse in float32 on 2.24M random and adversarial columns for chunk sides 16, 32
-and 64, and checks that the bound covers the fast program's error (the largest measured share
-is printed; it must stay <= 1) and that no certified sign differs from the canonical fold's.
+unfused fast inverse in float32 on 20,000 random and adversarial columns for each chunk side
+16, 32 and 64 (2.24M outputs), and checks that the bound covers the fast program's error (the
+largest measured share is printed; it must stay <= 1) and that no certified sign differs from
+the canonical fold's.
 The decodes themselves are compared bit for bit with the spec in
 ``tests/test_decode_sign_certified.py``. Outside CI the test skips without a C++ compiler;
 with ``CI=true`` that is a failure."""
