@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from . import ops, robust, wire
+from .ops.definitions import torch_step_
 
 EMPTY_PAYLOAD_REASON = "sent an empty payload (the peer skipped this step)"
 
@@ -168,9 +169,7 @@ class ModelStep:
             out = [o.zero_() for o in out]
             if step is not None:
                 for p, keep, alpha, u in zip(*step, out):
-                    if keep != 1.0:
-                        p.mul_(keep)
-                    p.add_(u, alpha=alpha)
+                    torch_step_(p, u, keep, alpha)
             return out
         ordered = [payloads[p] for p in senders]
         codec = ordered[0].decompress_codec

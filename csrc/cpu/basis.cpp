@@ -34,10 +34,15 @@ static bool mirror_exact(const std::vector<float>& basis, int c) {
   return true;
 }
 
-// gamma_n of the standard rounding-error model (Higham 3.1): n roundings of unit 2^-24.
-static double gamma_of(int n) {
+double gamma_of(int n) {
   const double u = std::ldexp(1.0, -24);
   return n * u / (1.0 - n * u);
+}
+
+double max_abs(const std::vector<float>& basis) {
+  double m = 0.0;
+  for (float c : basis) m = std::max(m, std::fabs(static_cast<double>(c)));
+  return m;
 }
 
 // C_m's even/odd levels and the certified-sign bound (sign_fold.h states the argument).
@@ -82,11 +87,6 @@ void ChunkBases::plan_certified_sign(const std::vector<float>& bm, const std::ve
   // (1 + gamma) factors and the rounding of the bound itself.
   int dot = sign_leaf.n;
   for (const SignPart& p : sign_odd) dot = std::max(dot, p.n);
-  auto max_abs = [](const std::vector<float>& basis) {
-    double m = 0.0;
-    for (float c : basis) m = std::max(m, std::fabs(static_cast<double>(c)));
-    return m;
-  };
   const double bound = 2.0 * (gamma_of(dot + static_cast<int>(sign_odd.size()) + 1) + gamma_of(cm)) *
                        max_abs(bm) * max_abs(bn);
   sign_bound = std::nextafter(static_cast<float>(bound), 1.0f);

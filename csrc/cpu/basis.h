@@ -57,6 +57,11 @@ struct ChunkBases {
   void plan_certified_sign(const std::vector<float>& bm, const std::vector<float>& bn);
 };
 
+// gamma_n of the standard rounding-error model (Higham 3.1): n roundings of unit 2^-24.
+double gamma_of(int n);
+// The largest |entry| of a basis, in float64.
+double max_abs(const std::vector<float>& basis);
+
 // lee_sign_bound for a chunk (lee_sign_bound.cpp; empty unless cm is 16, 32 or 64), from the
 // canonical bases bm (cm x cm) and bn (cn x cn); and the factor of row 0 it assumes.
 std::vector<float> lee_sign_bounds(int cm, int cn, const std::vector<float>& bm, const std::vector<float>& bn);

@@ -16,6 +16,13 @@
 namespace dk {
 namespace {
 
+// The traced value: a node's index (-1: V{}, the constant 0). A plain int on purpose:
+// LeeInverse's run() is always_inline, and with a Track holding the vectors itself, every copy
+// and operation inlined into it made this file take GCC 16 s at -O3 and Clang over a minute.
+struct Track {
+  int id = -1;
+};
+
 // A node of the program: a broadcast constant (V{} + f, no rounding) or a rounded operation.
 struct Node {
   bool constant = true;
@@ -24,15 +31,13 @@ struct Node {
   std::vector<double> coef, abs;
 };
 
-// The nodes of the program being traced (chunk_bases builds one ChunkBases at a time).
+// The nodes of the program being traced (chunk_bases builds one ChunkBases at a time), and
+// whether every operation had the operand kinds the bound models (an add of two traced
+// values, a multiply of one by a constant); if not, there is no bound and the Lee sign is off.
 thread_local std::vector<Node>* g_nodes = nullptr;
+thread_local bool g_modelled = true;
 
-// The traced value: a node's index (-1: V{}, the constant 0). A plain int on purpose:
-// LeeInverse's run() is always_inline, and with a Track holding the vectors itself, every copy
-// and operation inlined into it made this file take GCC 16 s at -O3 and Clang over a minute.
-struct Track {
-  int id = -1;
-};
+bool traced(Track t) { return t.id >= 0 && !(*g_nodes)[t.id].constant; }
 
 __attribute__((noinline)) Track add_node(Node node) {
   g_nodes->push_back(std::move(node));
@@ -50,13 +55,18 @@ __attribute__((noinline)) Track input(int n, int u) {
   return add_node(std::move(node));
 }
 
-__attribute__((noinline)) Track operator+(Track t, float c) {  // only ever V{} + f[...]
-  Node node = node_of(t);
-  node.value += c;
+__attribute__((noinline)) Track operator+(Track t, float c) {  // V{} + f[...]: a broadcast
+  if (t.id >= 0) g_modelled = false;
+  Node node;
+  node.value = c;
   return add_node(std::move(node));
 }
 
 __attribute__((noinline)) Track combine(Track a, Track b, double sign) {  // one rounded add or subtract
+  if (!traced(a) || !traced(b)) {
+    g_modelled = false;
+    return a;
+  }
   Node node = node_of(a);
   const Node& o = (*g_nodes)[b.id];
   for (size_t u = 0; u < node.coef.size(); ++u) {
@@ -71,6 +81,10 @@ Track operator+(Track a, Track b) { return combine(a, b, 1.0); }
 Track operator-(Track a, Track b) { return combine(a, b, -1.0); }
 
 __attribute__((noinline)) Track operator*(Track a, Track b) {  // one rounded multiply by a constant
+  if (a.id < 0 || b.id < 0 || traced(a) == traced(b)) {
+    g_modelled = false;
+    return a;
+  }
   const Node& first = (*g_nodes)[a.id];
   const Track x = first.constant ? b : a;
   const double c = first.constant ? first.value : (*g_nodes)[b.id].value;
@@ -88,13 +102,18 @@ template <int N>
 std::vector<Node> lee_program(float row0_scale) {
   std::vector<Node> nodes;
   g_nodes = &nodes;
+  g_modelled = true;
   Track x[N];
   for (int u = 0; u < N; ++u) x[u] = input(N, u);
   x[0] = x[0] * (Track{} + row0_scale);
   LeeInverse<Track, N, false>::run(x, lee_factors());
   std::vector<Node> outputs;
-  for (int i = 0; i < N; ++i) outputs.push_back(nodes[x[i].id]);
+  for (int i = 0; i < N && g_modelled; ++i) {
+    if (!traced(x[i])) g_modelled = false;
+    else outputs.push_back(nodes[x[i].id]);
+  }
   g_nodes = nullptr;
+  if (!g_modelled) outputs.clear();
   return outputs;
 }
 
@@ -108,12 +127,9 @@ std::vector<float> lee_sign_bounds(int cm, int cn, const std::vector<float>& bm,
   const std::vector<Node> y = cm == 16 ? lee_program<16>(lee_row0_scale())
                                : cm == 32 ? lee_program<32>(lee_row0_scale())
                                           : lee_program<64>(lee_row0_scale());
-  const double u = std::ldexp(1.0, -24);
-  auto gamma = [u](int n) { return n * u / (1.0 - n * u); };
+  if (y.empty()) return {};  // a program shape the bound does not model: no Lee sign
   const double a1 = std::sqrt(2.0 / cm);  // y_lee * a1 approximates sum_u C_m[u][i] T[u]
-  double max_m = 0.0, max_n = 0.0;
-  for (float c : bm) max_m = std::max(max_m, std::fabs(static_cast<double>(c)));
-  for (float c : bn) max_n = std::max(max_n, std::fabs(static_cast<double>(c)));
+  const double max_m = max_abs(bm), max_n = max_abs(bn);
   std::vector<float> bounds(cm);
   for (int i = 0; i < cm; ++i) {
     double paths = 0.0, off = 0.0;  // max over u of abs, and of |a1 coef - C_m[u][i]|
@@ -121,7 +137,7 @@ std::vector<float> lee_sign_bounds(int cm, int cn, const std::vector<float>& bm,
       paths = std::max(paths, y[i].abs[v]);
       off = std::max(off, std::fabs(a1 * y[i].coef[v] - static_cast<double>(bm[v * cm + i])));
     }
-    const double per_t = a1 * gamma(y[i].depth) * paths + off + gamma(cm) * max_m;
+    const double per_t = a1 * gamma_of(y[i].depth) * paths + off + gamma_of(cm) * max_m;
     bounds[i] = std::nextafter(static_cast<float>(2.0 * per_t / a1 * max_n), 1.0f);
   }
   return bounds;

@@ -215,6 +215,15 @@ def _(outs, indices, values, shapes_flat, ndims, chunk, reduce, value_codec, sig
     checks.decode_outputs(outs, plans, [*indices, *values], memory=False)
 
 
+def torch_step_(p: Tensor, update: Tensor, keep: float, step: float) -> None:
+    """The sign-SGD step in torch ops: ``p.mul_(keep)`` (not when ``keep == 1``), then
+    ``p.add_(update, alpha=step)``; what ``decompress_many_apply_`` computes without its fused
+    kernel, and ``DeMo`` where the decode did not step."""
+    if keep != 1.0:
+        p.mul_(keep)
+    p.add_(update, alpha=step)
+
+
 def _decompress_many_apply_(outs: list[Tensor], params: list[Tensor], indices: list[Tensor],
                             values: list[Tensor], shapes_flat: list[int], ndims: list[int], chunk: int,
                             reduce: str, value_codec: str, sign: bool, keeps: list[float],
@@ -231,9 +240,7 @@ def _decompress_many_apply_(outs: list[Tensor], params: list[Tensor], indices: l
         return
     _decode_into(module, outs, args)
     for p, update, keep, step in zip(params, outs, keeps, steps):
-        if keep != 1.0:
-            p.mul_(keep)
-        p.add_(update, alpha=step)
+        torch_step_(p, update, keep, step)
 
 
 decompress_many_apply_ = _define(_decompress_many_apply_, mutates_args=("outs", "params"))

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .. import native_cpu, ops, wire
+from ..ops.definitions import torch_step_
 from .._ext import cpu_ext
 from ..chunking import chunk_plan
 from ..step import ModelStep
@@ -37,6 +38,11 @@ from .transports import default_transport
 VALUE_CODECS = ("f32", "bf16", "f16", "sign")
 NONFINITE_POLICIES = ("raise", "skip")
 MOMENTUM_LAYOUTS = ("param", "dct")
+
+
+def _keep(group) -> float:
+    """The weight-decay factor of a step, ``1 - lr * wd`` (1.0 without decay)."""
+    return 1.0 - group["lr"] * group["weight_decay"] if group["weight_decay"] != 0.0 else 1.0
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -385,7 +391,7 @@ class DeMo(torch.optim.Optimizer):
             return self._finish(report)
         t = 0
         for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
+            lr = group["lr"]
             for p in group["params"]:
                 if not p.requires_grad:
                     continue
@@ -393,13 +399,11 @@ class DeMo(torch.optim.Optimizer):
                 t += 1
                 if update is not p.grad:  # decoded in place when it could be (_update_buffers)
                     p.grad = update.contiguous()
-                keep = 1.0 - lr * wd if wd != 0.0 else None
+                keep = _keep(group)
                 if self.sign and self._native(p) and self._native(p.grad):  # signs: the same bits
-                    native_cpu.apply_update_(p, p.grad, keep, -lr)
+                    native_cpu.apply_update_(p, p.grad, None if keep == 1.0 else keep, -lr)
                     continue
-                if keep is not None:
-                    p.mul_(keep)
-                p.add_(p.grad, alpha=-lr)
+                torch_step_(p, p.grad, keep, -lr)
 
         self._step += 1
         return self._finish(report)
@@ -421,15 +425,14 @@ class DeMo(torch.optim.Optimizer):
             return None
         params, keeps, steps = [], [], []
         for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
             for p in group["params"]:
                 if not p.requires_grad:
                     continue
                 if p.dtype != torch.float32 or not p.is_contiguous():
                     return None
                 params.append(p)
-                keeps.append(1.0 - lr * wd if wd != 0.0 else 1.0)
-                steps.append(-lr)
+                keeps.append(_keep(group))
+                steps.append(-group["lr"])
         try:
             check_no_overlap([(f"param {t}", p) for t, p in enumerate(params)],
                              [(f"grad {t}", g) for t, g in enumerate(out)])
