@@ -28,14 +28,15 @@ void run_on_threads(int threads, Fn& fn) {
   run_parallel(threads, [](void* ctx) { (*static_cast<Fn*>(ctx))(); }, &fn);
 }
 
+// Chunks per run: run r is [16 r, 16 r + 16) (clipped to total), all of it on one thread, in
+// order (decode.cpp's step relies on it).
+constexpr int64_t kChunkRun = 16;
+
 // Runs body(scratch, chunk) for every chunk in [0, total), each thread with its own scratch
 // from make_scratch(), made when the thread takes its first chunk. Below ~64k elements of work
 // one thread runs it all (waking threads costs more than it saves); chunks are handed out in
 // runs of 16 from a shared counter, so a preempted thread does not stall the pass. Returns
 // DK_OK, or DK_ERR_ALLOC if a thread could not get its scratch (its chunks are then skipped).
-// Chunks per run: a run is [16 r, 16 r + 16) (clipped to total), handed to one thread.
-constexpr int64_t kChunkRun = 16;
-
 template <typename MakeScratch, typename Body>
 int for_each_chunk(int64_t total, int64_t elements_per_chunk, int threads, MakeScratch make_scratch,
                    Body body) {
